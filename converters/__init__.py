@@ -1,0 +1,1 @@
+"""framedelta.converters: PyTorch (torch.export) -> framedelta graph -> model file."""

@@ -1,0 +1,1 @@
+"""framedelta.engine: graph executor, kernels, numpy references."""

@@ -1,0 +1,3 @@
+# placeholder replaced below
+def openmp_enabled():
+    return False

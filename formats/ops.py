@@ -1,0 +1,376 @@
+"""The vocabulary of ops a model file may hold: one schema per op.
+
+Each schema says what SPEC.md says in words: the op's stable id, its category (which
+drives the generic change-propagation rule), how many inputs it takes, its attributes
+with their types and bounds, the weight datasets it needs and their shapes, and how
+its output shapes follow from its input shapes. The validator, the engine and the
+converter all read these; nothing here computes on data.
+
+Shapes are always in torch layout: (N, C, H, W) for images, (N, F) for vectors.
+Ids are stable: never renumber or reuse one; retired ids stay as comments.
+"""
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+# Bounds that keep a hostile file from asking for absurd allocations.
+MAX_DIM = 1 << 16            # any one dimension
+MAX_NUMEL = (1 << 31) - 1    # elements of any one tensor or weight (int32 indexing in kernels)
+MAX_NODES = 1 << 16
+MAX_RANK = 6
+MAX_KERNEL = 1 << 10
+MAX_STRIDE = 1 << 10
+
+
+class SchemaError(ValueError):
+    """A rule of an op's schema is broken; ``field`` names the attribute or dataset."""
+
+    def __init__(self, field, message):
+        self.field = field
+        super().__init__(message)
+
+
+class Category(str, Enum):
+    """How a change at an input position spreads to the output (DESIGN.md, STYLE.md 2)."""
+    ELEMENTWISE = "elementwise"   # output position p depends on input position p only
+    WINDOWED = "windowed"         # on a window of input positions (kernel, stride, pad)
+    GLOBAL = "global"             # on every input position
+    MULTI_INPUT = "multi_input"   # on position p of every input (union of masks)
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute: ``kind`` is int, ints, float, floats or str."""
+    kind: str
+    length: int = None          # for ints/floats: exact length, None = any (>= 1)
+    min: float = None
+    max: float = None
+    choices: tuple = ()
+    default: object = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    op_id: int
+    category: Category
+    inputs: tuple               # (min, max) number of inputs; max None = unbounded
+    attrs: dict
+    weights: object             # (attrs, in_shapes) -> {dataset name: shape}
+    infer: object               # (attrs, in_shapes) -> [output shape]
+    macs: object = None         # (attrs, in_shapes, out_shapes) -> multiply-accumulates
+    doc: str = ""
+    outputs: int = 1
+
+    def count_macs(self, attrs, in_shapes, out_shapes):
+        return int(self.macs(attrs, in_shapes, out_shapes)) if self.macs else 0
+
+
+def _numel(shape):
+    return math.prod(shape)
+
+
+def _no_weights(attrs, in_shapes):
+    return {}
+
+
+def _same_shape(attrs, in_shapes):
+    return [tuple(in_shapes[0])]
+
+
+def _per_element(attrs, in_shapes, out_shapes):
+    return _numel(out_shapes[0])
+
+
+def _need_rank(in_shapes, ranks, field="input"):
+    for i, s in enumerate(in_shapes):
+        if len(s) not in ranks:
+            raise SchemaError(f"{field}[{i}]",
+                              f"expects rank {' or '.join(map(str, ranks))}, got shape {tuple(s)}")
+
+
+def window_out(size, k, s, p0, p1, d, ceil_mode=False):
+    """Output length of a window op along one axis, as torch computes it."""
+    span = size + p0 + p1 - d * (k - 1) - 1
+    if span < 0:
+        return 0
+    if ceil_mode:
+        out = -(-span // s) + 1
+        # torch: the last window must start inside the input or the leading padding
+        if (out - 1) * s >= size + p0:
+            out -= 1
+        return out
+    return span // s + 1
+
+
+def _window_shape(attrs, shape, ceil_mode=False):
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    pt, pl, pb, pr = attrs["pads"]
+    dh, dw = attrs["dilation"]
+    if max(pt, pb) >= dh * (kh - 1) + 1 or max(pl, pr) >= dw * (kw - 1) + 1:
+        # a window made of padding alone has no input to read
+        raise SchemaError("pads", f"padding {attrs['pads']} is not smaller than the kernel extent")
+    oh = window_out(shape[2], kh, sh, pt, pb, dh, ceil_mode)
+    ow = window_out(shape[3], kw, sw, pl, pr, dw, ceil_mode)
+    if oh < 1 or ow < 1:
+        raise SchemaError("kernel", f"window {attrs['kernel']} (dilation {attrs['dilation']}, "
+                          f"pads {attrs['pads']}) does not fit input of shape {tuple(shape)}")
+    return oh, ow
+
+
+_WINDOW_ATTRS = {
+    "kernel": Attr("ints", 2, 1, MAX_KERNEL, doc="(kh, kw)"),
+    "stride": Attr("ints", 2, 1, MAX_STRIDE, doc="(sh, sw)"),
+    "pads": Attr("ints", 4, 0, MAX_KERNEL, doc="(top, left, bottom, right)"),
+    "dilation": Attr("ints", 2, 1, MAX_KERNEL, doc="(dh, dw)"),
+}
+
+
+# --- conv2d ----------------------------------------------------------------------
+
+def _conv_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    cin, g, cout = in_shapes[0][1], attrs["groups"], attrs["out_channels"]
+    if cin % g:
+        raise SchemaError("groups", f"input channels {cin} not divisible by groups {g}")
+    if cout % g:
+        raise SchemaError("groups", f"out_channels {cout} not divisible by groups {g}")
+    kh, kw = attrs["kernel"]
+    return {"weight": (cout, cin // g, kh, kw), "bias": (cout,)}
+
+
+def _conv_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
+        raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
+    oh, ow = _window_shape(attrs, in_shapes[0])
+    return [(in_shapes[0][0], attrs["out_channels"], oh, ow)]
+
+
+def _conv_macs(attrs, in_shapes, out_shapes):
+    kh, kw = attrs["kernel"]
+    return _numel(out_shapes[0]) * (in_shapes[0][1] // attrs["groups"]) * kh * kw
+
+
+# --- pooling ---------------------------------------------------------------------
+
+def _maxpool_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    oh, ow = _window_shape(attrs, in_shapes[0], bool(attrs["ceil_mode"]))
+    n, c = in_shapes[0][:2]
+    return [(n, c, oh, ow)]
+
+
+def _maxpool_macs(attrs, in_shapes, out_shapes):
+    kh, kw = attrs["kernel"]
+    return _numel(out_shapes[0]) * kh * kw
+
+
+def _gap_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    n, c = in_shapes[0][:2]
+    return [(n, c, 1, 1) if attrs["keepdim"] else (n, c)]
+
+
+def _gap_macs(attrs, in_shapes, out_shapes):
+    return _numel(in_shapes[0])
+
+
+# --- multi-input -----------------------------------------------------------------
+
+def _add_infer(attrs, in_shapes):
+    a, b = (tuple(s) for s in in_shapes)
+    if a != b:
+        raise SchemaError("inputs", f"add needs equal shapes, got {a} and {b}")
+    return [a]
+
+
+def _concat_infer(attrs, in_shapes):
+    axis = attrs["axis"]
+    first = tuple(in_shapes[0])
+    if axis >= len(first):
+        raise SchemaError("axis", f"axis {axis} out of range for rank {len(first)}")
+    total = 0
+    for i, s in enumerate(in_shapes):
+        s = tuple(s)
+        if len(s) != len(first) or s[:axis] + s[axis + 1:] != first[:axis] + first[axis + 1:]:
+            raise SchemaError(f"input[{i}]", f"shape {s} does not match {first} outside axis {axis}")
+        total += s[axis]
+    out = list(first)
+    out[axis] = total
+    return [tuple(out)]
+
+
+# --- resizing --------------------------------------------------------------------
+
+def _upsample_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    n, c = in_shapes[0][:2]
+    oh, ow = attrs["size"]
+    return [(n, c, oh, ow)]
+
+
+def _bilinear_macs(attrs, in_shapes, out_shapes):
+    return 4 * _numel(out_shapes[0])
+
+
+# --- vectors and shapes ----------------------------------------------------------
+
+def _linear_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (2,))
+    return {"weight": (attrs["out_features"], in_shapes[0][1]), "bias": (attrs["out_features"],)}
+
+
+def _linear_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (2,))
+    return [(in_shapes[0][0], attrs["out_features"])]
+
+
+def _linear_macs(attrs, in_shapes, out_shapes):
+    return _numel(out_shapes[0]) * in_shapes[0][1]
+
+
+def _reshape_infer(attrs, in_shapes):
+    shape = tuple(attrs["shape"])
+    if len(shape) > MAX_RANK:
+        raise SchemaError("shape", f"rank {len(shape)} exceeds {MAX_RANK}")
+    if _numel(shape) != _numel(in_shapes[0]):
+        raise SchemaError("shape", f"{shape} has {_numel(shape)} elements, input "
+                          f"{tuple(in_shapes[0])} has {_numel(in_shapes[0])}")
+    if shape[0] != in_shapes[0][0]:
+        raise SchemaError("shape", f"batch dimension must stay {in_shapes[0][0]}, got {shape[0]}")
+    return [shape]
+
+
+def _affine_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (2, 4))
+    c = in_shapes[0][1]
+    return {"scale": (c,), "shift": (c,)}
+
+
+def _clamp_infer(attrs, in_shapes):
+    if not attrs["min"] <= attrs["max"]:
+        raise SchemaError("min", f"min {attrs['min']} > max {attrs['max']}")
+    return _same_shape(attrs, in_shapes)
+
+
+_ACTIVATION = {
+    "activation": Attr("str", choices=("none", "relu", "clamp"), default="none",
+                       doc="activation fused after bias"),
+    "act_min": Attr("float", default=-math.inf, doc="lower bound when activation is clamp"),
+    "act_max": Attr("float", default=math.inf, doc="upper bound when activation is clamp"),
+}
+
+_SCHEMAS = [
+    OpSchema("conv2d", 1, Category.WINDOWED, (1, 1),
+             {"out_channels": Attr("int", min=1, max=MAX_DIM), **_WINDOW_ATTRS,
+              "groups": Attr("int", min=1, max=MAX_DIM, default=1), **_ACTIVATION},
+             _conv_weights, _conv_infer, _conv_macs,
+             doc="2-D convolution (cross-correlation) with bias and fused activation"),
+    OpSchema("batch_norm", 2, Category.ELEMENTWISE, (1, 1), {}, _affine_weights,
+             _same_shape, _per_element, doc="per-channel affine y = x * scale + shift"),
+    OpSchema("relu", 3, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             doc="max(x, 0)"),
+    OpSchema("clamp", 4, Category.ELEMENTWISE, (1, 1),
+             {"min": Attr("float", default=-math.inf), "max": Attr("float", default=math.inf)},
+             _no_weights, _clamp_infer, doc="min(max(x, min), max); relu6 and hardtanh"),
+    OpSchema("max_pool2d", 5, Category.WINDOWED, (1, 1),
+             {**_WINDOW_ATTRS, "ceil_mode": Attr("int", min=0, max=1, default=0)},
+             _no_weights, _maxpool_infer, _maxpool_macs, doc="max over a window; padding is -inf"),
+    OpSchema("global_avg_pool", 6, Category.GLOBAL, (1, 1),
+             {"keepdim": Attr("int", min=0, max=1, default=1)},
+             _no_weights, _gap_infer, _gap_macs, doc="mean over H and W"),
+    OpSchema("add", 7, Category.MULTI_INPUT, (2, 2), {}, _no_weights, _add_infer,
+             _per_element, doc="a + b, equal shapes"),
+    OpSchema("concat", 8, Category.MULTI_INPUT, (1, None),
+             {"axis": Attr("int", min=1, max=1, default=1)},
+             _no_weights, _concat_infer, doc="concatenation along channels"),
+    OpSchema("upsample_nearest", 9, Category.WINDOWED, (1, 1),
+             {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)"),
+              "scales": Attr("floats", 2, 0.0, MAX_DIM,
+                             doc="source step per output pixel: src = floor(dst * scale)")},
+             _no_weights, _upsample_infer, doc="nearest-neighbour resize (torch 'nearest')"),
+    OpSchema("upsample_bilinear", 10, Category.WINDOWED, (1, 1),
+             {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)"),
+              "align_corners": Attr("int", min=0, max=1),
+              "scales": Attr("floats", 2, 0.0, MAX_DIM,
+                             doc="source step per output pixel when align_corners is 0")},
+             _no_weights, _upsample_infer, _bilinear_macs, doc="bilinear resize"),
+    OpSchema("linear", 11, Category.GLOBAL, (1, 1),
+             {"out_features": Attr("int", min=1, max=MAX_DIM)},
+             _linear_weights, _linear_infer, _linear_macs, doc="y = x @ weight.T + bias"),
+    OpSchema("reshape", 12, Category.GLOBAL, (1, 1),
+             {"shape": Attr("ints", None, 1, MAX_NUMEL, doc="output shape in torch layout")},
+             _no_weights, _reshape_infer, doc="torch view/flatten (row-major, torch layout)"),
+    OpSchema("identity", 13, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             doc="y = x (eval-mode dropout, clone)"),
+]
+
+OPS = {s.name: s for s in _SCHEMAS}
+OPS_BY_ID = {s.op_id: s for s in _SCHEMAS}
+assert len(OPS) == len(_SCHEMAS) and len(OPS_BY_ID) == len(_SCHEMAS), "duplicate op name or id"
+
+
+def resolve_attrs(schema, attrs):
+    """Attributes with defaults filled in; raises SchemaError for unknown or missing ones.
+
+    Type and range checks are the validator's (it knows the file's raw values); this
+    only completes a dict that is already well-typed.
+    """
+    unknown = set(attrs) - set(schema.attrs)
+    if unknown:
+        raise SchemaError(sorted(unknown)[0], f"unknown attribute for op {schema.name!r}")
+    out = {}
+    for name, spec in schema.attrs.items():
+        if name in attrs:
+            out[name] = attrs[name]
+        elif spec.default is REQUIRED:
+            raise SchemaError(name, f"required attribute of op {schema.name!r} is missing")
+        else:
+            out[name] = spec.default
+    return out
+
+
+def check_attr_value(name, spec, value):
+    """Type and range of one attribute value (already converted to Python types)."""
+    if spec.kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SchemaError(name, f"expected an integer, got {value!r}")
+        values = [value]
+    elif spec.kind == "float":
+        if not isinstance(value, float) or math.isnan(value):
+            raise SchemaError(name, f"expected a float, got {value!r}")
+        values = [value]
+    elif spec.kind in ("ints", "floats"):
+        elem = int if spec.kind == "ints" else float
+        if not isinstance(value, tuple) or not all(
+                isinstance(v, elem) and not isinstance(v, bool) for v in value):
+            raise SchemaError(name, f"expected a list of {elem.__name__}s, got {value!r}")
+        if spec.length is not None and len(value) != spec.length:
+            raise SchemaError(name, f"expected {spec.length} values, got {len(value)}")
+        if len(value) == 0:
+            raise SchemaError(name, "expected at least one value")
+        if elem is float and any(math.isnan(v) for v in value):
+            raise SchemaError(name, "NaN is not allowed")
+        values = list(value)
+    elif spec.kind == "str":
+        if not isinstance(value, str):
+            raise SchemaError(name, f"expected a string, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            raise SchemaError(name, f"{value!r} is not one of {', '.join(spec.choices)}")
+        return
+    else:  # pragma: no cover - schema bug
+        raise AssertionError(spec.kind)
+    for v in values:
+        if spec.min is not None and v < spec.min:
+            raise SchemaError(name, f"value {v} is below the minimum {spec.min}")
+        if spec.max is not None and v > spec.max:
+            raise SchemaError(name, f"value {v} is above the maximum {spec.max}")
+    if spec.kind == "floats" and spec.min == 0.0 and any(v <= 0 for v in values):
+        raise SchemaError(name, "values must be positive")

@@ -1,0 +1,3 @@
+"""framedelta: incremental CNN inference for fixed-camera video."""
+from .errors import (ConversionError, FramedeltaError, ModelFormatError,
+                     UnsupportedOperatorError)
