@@ -1,3 +1,50 @@
-"""framedelta: incremental CNN inference for fixed-camera video."""
+"""framedelta: incremental CNN inference for fixed-camera video, on the CPU.
+
+The public API, all of it::
+
+    import framedelta as fd
+    fd.convert(module, example_input, "net.h5")   # torch.nn.Module (eval) or ExportedProgram
+    model = fd.load("net.h5")                    # validated first; fd.ModelFormatError if not
+    model.input_shape                            # (1, C, H, W)
+    y = model.run(x)                             # dense; float32 (1, C, H, W), torch layout
+
+Errors derive from :class:`FramedeltaError`: :class:`ModelFormatError` (names file,
+node, field), :class:`ConversionError` and :class:`UnsupportedOperatorError`.
+Importing framedelta needs only numpy, scipy and h5py; torch is imported by
+:func:`convert` alone.
+"""
+
 from .errors import (ConversionError, FramedeltaError, ModelFormatError,
                      UnsupportedOperatorError)
+from .engine import Model
+
+__version__ = "0.1.0"
+
+
+def load(path, n_threads=None):
+    """Read, validate and prepare the model file at ``path``.
+
+    Every rule of formats/SPEC.md is checked before anything is allocated; a file that
+    breaks one raises :class:`ModelFormatError` naming the file, node and field.
+    ``n_threads``: threads for the kernels; None (default) means all cores.
+    """
+    from .formats import read_model
+    return Model(read_model(path), path=str(path), n_threads=n_threads)
+
+
+def convert(model, example_input, path=None, *, preprocess=None):
+    """Convert a PyTorch model to a framedelta model file (needs torch).
+
+    ``model``: an ``nn.Module`` (put in eval mode) or a ``torch.export.ExportedProgram``.
+    ``example_input``: a (1, C, H, W) float32 tensor; it fixes the input shape.
+    ``path``: where to write the file (optional). ``preprocess``: a
+    :class:`framedelta.formats.Preprocess` for models fed with uint8 camera frames.
+    Returns the converted :class:`framedelta.formats.Graph`.
+    Raises :class:`UnsupportedOperatorError` naming the op and where it came from.
+    """
+    from .converters import convert as _convert
+    return _convert(model, example_input, path, preprocess=preprocess)
+
+
+__all__ = ["load", "convert", "Model", "FramedeltaError", "ModelFormatError",
+           "ConversionError", "UnsupportedOperatorError", "__version__"]

@@ -1,0 +1,97 @@
+"""The dense executor: a validated graph, its kernels prepared, run node by node.
+
+Python walks the nodes; each node's kernel runs without the GIL. Activations live in
+buffers allocated once per model (engine layout, see layout.py) and outputs are
+returned as fresh arrays in torch layout.
+"""
+
+import threading
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from framedelta.formats.graph import check_graph
+from framedelta.formats.ops import OPS, resolve_attrs
+
+from . import _kernels
+from .layout import internal_shape, to_internal, to_torch
+from .registry import REGISTRY
+
+_BLAS = None
+
+
+def _blas_controller():
+    # Built once: scanning the loaded libraries costs milliseconds.
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS
+
+
+def effective_n_threads(n_threads):
+    """None or -1: all cores OpenMP sees (OMP_NUM_THREADS respected); k > 0: k."""
+    if n_threads is None or n_threads == -1:
+        return _kernels.max_threads()
+    if not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive integer, -1 or None, got {n_threads!r}")
+    return int(n_threads)
+
+
+class Model:
+    """A loaded model. Use :func:`framedelta.load` to make one from a file."""
+
+    def __init__(self, graph, path=None, n_threads=None, m_tile=None):
+        self.graph = graph
+        self.path = path
+        self.shapes = check_graph(graph, path)
+        self.n_threads = effective_n_threads(n_threads)
+        self._lock = threading.Lock()
+        self._steps = []
+        for node in graph.nodes:
+            attrs = resolve_attrs(OPS[node.op], node.attrs)
+            in_shapes = [self.shapes[t] for t in node.inputs]
+            out_shape = self.shapes[node.outputs[0]]
+            prepare = REGISTRY[node.op].prepare
+            kw = {"m_tile": m_tile} if node.op == "conv2d" else {}
+            run = prepare(node, attrs, in_shapes, out_shape, **kw)
+            self._steps.append((node, run, np.empty(internal_shape(out_shape), np.float32)))
+
+    @property
+    def input_shape(self):
+        """(1, C, H, W): the shape :meth:`run` takes, torch layout."""
+        return tuple(self.graph.input.shape)
+
+    @property
+    def output_shapes(self):
+        return [self.shapes[t] for t in self.graph.outputs]
+
+    def check_input(self, x):
+        """``x`` as a float32 array of :attr:`input_shape`; ValueError otherwise."""
+        if hasattr(x, "detach"):          # a torch tensor, without importing torch
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise ValueError(f"input dtype: expected float32, received {x.dtype}")
+        if tuple(x.shape) != self.input_shape:
+            raise ValueError(f"input shape: expected {self.input_shape}, received {tuple(x.shape)}")
+        return x
+
+    def run(self, x, n_threads=None):
+        """Dense forward pass. ``x``: float32 (1, C, H, W), torch layout (numpy or torch).
+
+        Returns the output array in torch layout, or a tuple when the model has several.
+        """
+        x = self.check_input(x)
+        nt = self.n_threads if n_threads is None else effective_n_threads(n_threads)
+        with self._lock, _blas_controller().limit(limits=1):
+            env = {self.graph.input.name: to_internal(x, self.input_shape)}
+            for node, run, out in self._steps:
+                run([env[t] for t in node.inputs], out, nt)
+                env[node.outputs[0]] = out
+            outs = tuple(np.array(to_torch(env[t], self.shapes[t]), order="C")
+                         for t in self.graph.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def __repr__(self):
+        return (f"<framedelta.Model {len(self.graph.nodes)} nodes, input {self.input_shape}, "
+                f"{self.n_threads} threads>")

@@ -1,0 +1,216 @@
+"""Each op's kernel bound to one node: weights packed, tables precomputed, once.
+
+``prepare_<op>(node, attrs, in_shapes, out_shape)`` returns ``run(inputs, out,
+n_threads)``, which fills ``out`` (engine layout, see layout.py) from ``inputs``. All
+the work that depends only on the node (weight packing, resize tables, tile sizes)
+happens here, at load time, so that a run is just kernel calls.
+"""
+
+import math
+
+import numpy as np
+
+from . import _kernels as K
+from .layout import to_internal, to_torch
+
+ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2}
+
+# Conv tiling: an im2col tile of about this many bytes stays in L2 while sgemm reads it.
+IM2COL_TILE_BYTES = 256 * 1024
+MIN_M_TILE, MAX_M_TILE = 16, 512
+# Aim for at least this many independent pieces per conv so both cores stay busy even
+# when a layer has few pixels; fixed (not n_threads) so results do not depend on threads.
+MIN_PIECES = 8
+
+
+def conv_tiling(m, k, n, groups, m_tile=None):
+    """(m_tile, n_split) for an (m x k) . (k x n) product per group."""
+    if m_tile is None:
+        m_tile = IM2COL_TILE_BYTES // (4 * k)
+        m_tile = max(MIN_M_TILE, min(MAX_M_TILE, m_tile // 8 * 8))
+    n_mt = -(-m // m_tile)
+    n_split = 1
+    if groups == 1 and n_mt < MIN_PIECES:
+        # few pixels (deep layers): also split the output channels, in blocks of 16
+        n_split = max(1, min(-(-MIN_PIECES // n_mt), n // 16))
+    return m_tile, n_split
+
+
+def _conv_common(attrs):
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    pt, pl, _, _ = attrs["pads"]
+    dh, dw = attrs["dilation"]
+    act = ACTIVATIONS[attrs["activation"]]
+    return kh, kw, sh, sw, pt, pl, dh, dw, act, float(attrs["act_min"]), float(attrs["act_max"])
+
+
+def is_depthwise(attrs, in_shapes):
+    cin = in_shapes[0][1]
+    return attrs["groups"] == cin and attrs["out_channels"] == cin and cin > 1
+
+
+def pack_conv_weight(w, groups):
+    """(Cout, Cin/g, KH, KW) torch layout -> (g, KH*KW*Cin/g, Cout/g), im2col's row order."""
+    cout, cin_g, kh, kw = w.shape
+    w = w.reshape(groups, cout // groups, cin_g, kh, kw)
+    return np.ascontiguousarray(w.transpose(0, 3, 4, 2, 1).reshape(groups, kh * kw * cin_g,
+                                                                   cout // groups))
+
+
+def pack_depthwise_weight(w):
+    """(C, 1, KH, KW) -> (KH*KW, C): the taps of one position, channels contiguous."""
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c, kh * kw).T)
+
+
+def prepare_conv2d(node, attrs, in_shapes, out_shape, m_tile=None):
+    kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi = _conv_common(attrs)
+    bias = np.ascontiguousarray(node.weights["bias"], np.float32)
+    if is_depthwise(attrs, in_shapes):
+        w = pack_depthwise_weight(node.weights["weight"])
+
+        def run(inputs, out, n_threads):
+            K.depthwise_conv2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, dh, dw,
+                               act, lo, hi, n_threads)
+        return run
+
+    g = attrs["groups"]
+    w = pack_conv_weight(node.weights["weight"], g)
+    m = out_shape[2] * out_shape[3]
+    mt, ns = conv_tiling(m, w.shape[1], w.shape[2], g, m_tile)
+
+    def run(inputs, out, n_threads):
+        K.conv2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi,
+                 mt, ns, n_threads)
+    return run
+
+
+def prepare_batch_norm(node, attrs, in_shapes, out_shape):
+    scale = np.ascontiguousarray(node.weights["scale"], np.float32)
+    shift = np.ascontiguousarray(node.weights["shift"], np.float32)
+    c = scale.shape[0]
+
+    def run(inputs, out, n_threads):
+        K.affine(inputs[0].reshape(-1, c), scale, shift, out.reshape(-1, c), n_threads)
+    return run
+
+
+def _prepare_activation(act, lo, hi):
+    def run(inputs, out, n_threads):
+        K.activation(inputs[0].reshape(-1), out.reshape(-1), act, lo, hi, n_threads)
+    return run
+
+
+def prepare_relu(node, attrs, in_shapes, out_shape):
+    return _prepare_activation(ACTIVATIONS["relu"], 0.0, 0.0)
+
+
+def prepare_clamp(node, attrs, in_shapes, out_shape):
+    return _prepare_activation(ACTIVATIONS["clamp"], float(attrs["min"]), float(attrs["max"]))
+
+
+def prepare_max_pool2d(node, attrs, in_shapes, out_shape):
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    pt, pl, _, _ = attrs["pads"]
+    dh, dw = attrs["dilation"]
+
+    def run(inputs, out, n_threads):
+        K.max_pool2d(inputs[0], out, kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+    return run
+
+
+def prepare_global_avg_pool(node, attrs, in_shapes, out_shape):
+    def run(inputs, out, n_threads):
+        K.global_avg_pool(inputs[0], out.reshape(-1), n_threads)
+    return run
+
+
+def prepare_add(node, attrs, in_shapes, out_shape):
+    def run(inputs, out, n_threads):
+        K.add(inputs[0].reshape(-1), inputs[1].reshape(-1), out.reshape(-1), n_threads)
+    return run
+
+
+def prepare_concat(node, attrs, in_shapes, out_shape):
+    if len(out_shape) == 4 or len(out_shape) == 2:
+        # channels are the last engine axis for images and the only one for vectors
+        def run(inputs, out, n_threads):
+            c = out.shape[-1]
+            K.concat_channels([a.reshape(-1, a.shape[-1]) for a in inputs],
+                              out.reshape(-1, c), n_threads)
+        return run
+
+    def run_other(inputs, out, n_threads):
+        out[...] = np.concatenate(inputs, axis=attrs["axis"])
+    return run_other
+
+
+def nearest_indices(out_size, in_size, scale):
+    """torch's nearest source index: min(floor(dst * scale), in - 1), in float32."""
+    src = np.floor(np.arange(out_size, dtype=np.float32) * np.float32(scale))
+    return np.minimum(src.astype(np.int64), in_size - 1).astype(np.int32)
+
+
+def prepare_upsample_nearest(node, attrs, in_shapes, out_shape):
+    iy = nearest_indices(out_shape[2], in_shapes[0][2], attrs["scales"][0])
+    ix = nearest_indices(out_shape[3], in_shapes[0][3], attrs["scales"][1])
+
+    def run(inputs, out, n_threads):
+        K.gather_pixels(inputs[0], iy, ix, out, n_threads)
+    return run
+
+
+def bilinear_taps(out_size, in_size, align_corners, scale):
+    """Per output index: source indices (out, 2) int32 and weights (out, 2) float32.
+
+    Same float32 arithmetic as torch's area_pixel_compute_source_index.
+    """
+    d = np.arange(out_size, dtype=np.float32)
+    if align_corners:
+        step = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+        src = step * d
+    else:
+        src = np.maximum(np.float32(scale) * (d + np.float32(0.5)) - np.float32(0.5),
+                         np.float32(0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    l1 = (src - i0.astype(np.float32)).astype(np.float32)
+    idx = np.stack([i0, i1], 1).astype(np.int32)
+    wts = np.stack([np.float32(1) - l1, l1], 1).astype(np.float32)
+    return np.ascontiguousarray(idx), np.ascontiguousarray(wts)
+
+
+def prepare_upsample_bilinear(node, attrs, in_shapes, out_shape):
+    ac = bool(attrs["align_corners"])
+    ys, wy = bilinear_taps(out_shape[2], in_shapes[0][2], ac, attrs["scales"][0])
+    xs, wx = bilinear_taps(out_shape[3], in_shapes[0][3], ac, attrs["scales"][1])
+
+    def run(inputs, out, n_threads):
+        K.bilinear(inputs[0], ys, wy, xs, wx, out, n_threads)
+    return run
+
+
+def prepare_linear(node, attrs, in_shapes, out_shape):
+    w = np.ascontiguousarray(node.weights["weight"], np.float32)
+    b = np.ascontiguousarray(node.weights["bias"], np.float32)
+
+    def run(inputs, out, n_threads):
+        K.linear(inputs[0], w, b, out)
+    return run
+
+
+def prepare_reshape(node, attrs, in_shapes, out_shape):
+    in_shape = in_shapes[0]
+
+    def run(inputs, out, n_threads):
+        # torch's view is row-major over torch layout: go there and back
+        out[...] = to_internal(to_torch(inputs[0], in_shape).reshape(out_shape), out_shape)
+    return run
+
+
+def prepare_identity(node, attrs, in_shapes, out_shape):
+    def run(inputs, out, n_threads):
+        out[...] = inputs[0]
+    return run
