@@ -16,8 +16,8 @@ from .layout import to_internal, to_torch
 ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2}
 
 # Conv tiling: an im2col tile of about this many bytes stays in L2 while sgemm reads it.
-IM2COL_TILE_BYTES = 256 * 1024
-MIN_M_TILE, MAX_M_TILE = 16, 512
+IM2COL_TILE_BYTES = 512 * 1024
+MIN_M_TILE, MAX_M_TILE = 32, 256
 # Aim for at least this many independent pieces per conv so both cores stay busy even
 # when a layer has few pixels; fixed (not n_threads) so results do not depend on threads.
 MIN_PIECES = 8

@@ -1,0 +1,339 @@
+"""Every op's kernel against its numpy reference, and every reference against torch.
+
+Each op has one hypothesis strategy in CASES that draws a single-node graph (shapes
+including odd sizes, attributes at their edges, weights) and an input. The engine runs
+it with 1 and 2 threads and with tiny tiles; all must match the reference. The
+reference is in turn checked against torch on the same draws (torch is the oracle).
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from framedelta.engine.model import Model
+from framedelta.engine.reference import run_node
+from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+from framedelta.formats.ops import OPS, window_out
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+EDGE_VALUES = np.array([0.0, -0.0, 1.0, -1.0, 1000.0, -1000.0, 1e-39, -1e-39, 3.0e38,
+                        -3.0e38, np.inf, -np.inf, np.nan], np.float32)
+
+
+def _array(data, shape, edge=False, scale=1.0):
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    if edge and x.size:
+        mask = rng.random(shape) < 0.3
+        x[mask] = rng.choice(EDGE_VALUES, size=int(mask.sum()))
+    return x
+
+
+def _window_attrs(data, max_k=5):
+    kh, kw = data.draw(st.integers(1, max_k)), data.draw(st.integers(1, max_k))
+    dh, dw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    ext = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    pads = tuple(data.draw(st.integers(0, ext[i % 2] - 1)) for i in range(4))
+    return {"kernel": (kh, kw), "stride": (data.draw(st.integers(1, 3)),
+                                           data.draw(st.integers(1, 3))),
+            "pads": pads, "dilation": (dh, dw)}
+
+
+def _spatial(data, lo=1, hi=23):
+    return data.draw(st.integers(lo, hi)), data.draw(st.integers(lo, hi))
+
+
+def case_conv2d(data):
+    a = _window_attrs(data)
+    groups = data.draw(st.sampled_from([1, 1, 2, 3, "dw"]))
+    if groups == "dw":
+        c = data.draw(st.integers(2, 19))
+        cin, cout, groups = c, c, c
+    else:
+        cin = groups * data.draw(st.integers(1, 6))
+        cout = groups * data.draw(st.integers(1, 9))
+    h, w = _spatial(data)
+    act = data.draw(st.sampled_from(["none", "relu", "clamp"]))
+    a.update(out_channels=cout, groups=groups, activation=act, act_min=-0.5, act_max=0.75)
+    kh, kw = a["kernel"]
+    weights = {"weight": _array(data, (cout, cin // groups, kh, kw), scale=0.5),
+               "bias": _array(data, (cout,))}
+    return a, [(1, cin, h, w)], weights, False
+
+
+def case_batch_norm(data):
+    c = data.draw(st.integers(1, 17))
+    shape = data.draw(st.sampled_from([(1, c, *_spatial(data)), (1, c)]))
+    return {}, [shape], {"scale": _array(data, (c,)), "shift": _array(data, (c,))}, True
+
+
+def _unary(data):
+    c = data.draw(st.integers(1, 17))
+    return [data.draw(st.sampled_from([(1, c, *_spatial(data)), (1, c)]))]
+
+
+def case_relu(data):
+    return {}, _unary(data), {}, True
+
+
+def case_clamp(data):
+    lo = data.draw(st.floats(-3, 3, width=32))
+    hi = data.draw(st.floats(lo, 6, width=32))
+    return {"min": float(lo), "max": float(hi)}, _unary(data), {}, True
+
+
+def case_identity(data):
+    return {}, _unary(data), {}, True
+
+
+def case_max_pool2d(data):
+    a = _window_attrs(data, max_k=4)
+    a["ceil_mode"] = data.draw(st.integers(0, 1))
+    c = data.draw(st.integers(1, 11))
+    return a, [(1, c, *_spatial(data))], {}, True
+
+
+def case_global_avg_pool(data):
+    c = data.draw(st.integers(1, 130))
+    return {"keepdim": data.draw(st.integers(0, 1))}, [(1, c, *_spatial(data))], {}, False
+
+
+def case_add(data):
+    shape = _unary(data)[0]
+    return {}, [shape, shape], {}, True
+
+
+def case_concat(data):
+    n = data.draw(st.integers(1, 4))
+    hw = data.draw(st.sampled_from([(), _spatial(data)]))
+    shapes = [(1, data.draw(st.integers(1, 9)), *hw) for _ in range(n)]
+    return {"axis": 1}, shapes, {}, True
+
+
+def _resize(data):
+    c = data.draw(st.integers(1, 7))
+    h, w = _spatial(data, 1, 13)
+    if data.draw(st.booleans()):     # an integer scale factor, as F.interpolate(scale_factor=)
+        f = data.draw(st.integers(1, 4))
+        size, scales = (h * f, w * f), (1.0 / f, 1.0 / f)
+    else:                            # an explicit size, up or down
+        size = _spatial(data, 1, 31)
+        scales = (h / size[0], w / size[1])
+    return c, (h, w), size, scales
+
+
+def case_upsample_nearest(data):
+    c, (h, w), size, scales = _resize(data)
+    return {"size": size, "scales": scales}, [(1, c, h, w)], {}, True
+
+
+def case_upsample_bilinear(data):
+    c, (h, w), size, scales = _resize(data)
+    ac = data.draw(st.integers(0, 1))
+    return {"size": size, "scales": scales, "align_corners": ac}, [(1, c, h, w)], {}, False
+
+
+def case_linear(data):
+    f, o = data.draw(st.integers(1, 70)), data.draw(st.integers(1, 40))
+    return ({"out_features": o}, [(1, f)],
+            {"weight": _array(data, (o, f)), "bias": _array(data, (o,))}, False)
+
+
+def case_reshape(data):
+    c, (h, w) = data.draw(st.integers(1, 6)), _spatial(data, 1, 7)
+    n = c * h * w
+    target = data.draw(st.sampled_from([(1, n), (1, c * h, w, 1), (1, w, c, h), (1, n, 1, 1)]))
+    return {"shape": target}, [(1, c, h, w)], {}, True
+
+
+CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def draw_case(data, op):
+    attrs, in_shapes, weights, edge = CASES[op](data)
+    names = [f"in{i}" for i in range(len(in_shapes))]
+    inputs = [_array(data, s, edge=edge) for s in in_shapes]
+    return attrs, in_shapes, weights, inputs, names
+
+
+def run_engine_node(op, attrs, in_shapes, weights, inputs, n_threads, m_tile=None):
+    """Run one node through the engine's prepared kernel (engine layout in and out)."""
+    from framedelta.engine.layout import internal_shape, to_internal, to_torch
+    from framedelta.engine.registry import REGISTRY
+    from framedelta.formats.ops import resolve_attrs
+    node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
+    full = resolve_attrs(OPS[op], attrs)
+    out_shape = tuple(OPS[op].infer(full, in_shapes)[0])
+    kw = {"m_tile": m_tile} if op == "conv2d" else {}
+    run = REGISTRY[op].prepare(node, full, in_shapes, out_shape, **kw)
+    out = np.full(internal_shape(out_shape), np.float32(12345.0))   # garbage to overwrite
+    run([to_internal(x, s) for x, s in zip(inputs, in_shapes)], out, n_threads)
+    return np.array(to_torch(out, out_shape))
+
+
+def _valid(op, attrs, in_shapes):
+    from framedelta.formats.ops import SchemaError, resolve_attrs
+    try:
+        full = resolve_attrs(OPS[op], attrs)
+        OPS[op].weights(full, in_shapes)
+        OPS[op].infer(full, in_shapes)
+    except SchemaError:
+        return False
+    return True
+
+
+def assert_matches(y, ref):
+    np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-5 * (1 + float(np.nanmax(
+        np.abs(np.where(np.isfinite(ref), ref, 0)), initial=0))), equal_nan=True)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@given(data=st.data())
+def test_kernel_matches_reference(op, data):
+    attrs, in_shapes, weights, inputs, _ = draw_case(data, op)
+    assume(_valid(op, attrs, in_shapes))
+    node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
+    ref = run_node(node, inputs)
+    for n_threads, m_tile in [(1, None), (2, None), (2, 3)]:
+        y = run_engine_node(op, attrs, in_shapes, weights, inputs, n_threads, m_tile)
+        assert y.shape == ref.shape
+        assert_matches(y, ref)
+
+
+def _torch_op(op, attrs, weights, ts):
+    t = {k: torch.from_numpy(v) for k, v in weights.items()}
+    x = ts[0]
+    if op == "conv2d":
+        pt, pl, pb, pr = attrs["pads"]
+        y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), t["weight"], t["bias"], attrs["stride"], 0,
+                     attrs["dilation"], attrs["groups"])
+        if attrs.get("activation") == "relu":
+            y = F.relu(y)
+        elif attrs.get("activation") == "clamp":
+            y = torch.clamp(y, attrs["act_min"], attrs["act_max"])
+        return y
+    if op == "batch_norm":
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * t["scale"].reshape(shape) + t["shift"].reshape(shape)
+    if op == "relu":
+        return F.relu(x)
+    if op == "clamp":
+        return torch.clamp(x, attrs["min"], attrs["max"])
+    if op == "identity":
+        return x.clone()
+    if op == "max_pool2d":
+        pt, pl, pb, pr = attrs["pads"]
+        if (pt, pl) != (pb, pr) or 2 * pt > attrs["kernel"][0] or 2 * pl > attrs["kernel"][1]:
+            return None   # torch takes symmetric padding up to half the kernel only
+        return F.max_pool2d(x, attrs["kernel"], attrs["stride"], (pt, pl), attrs["dilation"],
+                            bool(attrs["ceil_mode"]))
+    if op == "global_avg_pool":
+        return x.mean((2, 3), keepdim=bool(attrs["keepdim"]))
+    if op == "add":
+        return ts[0] + ts[1]
+    if op == "concat":
+        return torch.cat(ts, 1)
+    if op == "upsample_nearest":
+        return F.interpolate(x, size=attrs["size"], mode="nearest")
+    if op == "upsample_bilinear":
+        return F.interpolate(x, size=attrs["size"], mode="bilinear",
+                             align_corners=bool(attrs["align_corners"]))
+    if op == "linear":
+        return F.linear(x, t["weight"], t["bias"])
+    if op == "reshape":
+        return x.reshape(attrs["shape"])
+    raise KeyError(op)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@given(data=st.data())
+def test_reference_matches_torch(op, data):
+    attrs, in_shapes, weights, inputs, _ = draw_case(data, op)
+    assume(_valid(op, attrs, in_shapes))
+    if op in ("upsample_nearest", "upsample_bilinear"):
+        # torch derives the step from the sizes when given a size
+        attrs = dict(attrs, scales=(in_shapes[0][2] / attrs["size"][0],
+                                    in_shapes[0][3] / attrs["size"][1]))
+    node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
+    ref = run_node(node, inputs)
+    from framedelta.formats.ops import resolve_attrs
+    expect = _torch_op(op, resolve_attrs(OPS[op], attrs), weights,
+                       [torch.from_numpy(x) for x in inputs])
+    if expect is None:
+        return
+    expect = expect.numpy()
+    assert ref.shape == expect.shape
+    # torch sums in float32: allow for its rounding on large reductions
+    assert_matches(ref, expect) if op not in ("conv2d", "linear", "global_avg_pool") else \
+        np.testing.assert_allclose(ref, expect, rtol=1e-4, atol=1e-4 * (1 + np.abs(expect).max()))
+
+
+def test_every_op_has_a_case():
+    assert set(CASES) == set(OPS)
+
+
+def test_conv_results_do_not_depend_on_threads_or_tiles():
+    """Odd sizes so every thread and tile edge is hit (sklearn's n_threads test)."""
+    rng = np.random.default_rng(7)
+    attrs = {"out_channels": 37, "kernel": (3, 3), "stride": (1, 1), "pads": (1, 1, 1, 1),
+             "dilation": (1, 1), "groups": 1, "activation": "relu"}
+    w = {"weight": rng.standard_normal((37, 13, 3, 3)).astype(np.float32),
+         "bias": rng.standard_normal(37).astype(np.float32)}
+    x = rng.standard_normal((1, 13, 97, 101)).astype(np.float32)
+    shapes = [(1, 13, 97, 101)]
+    base = run_engine_node("conv2d", attrs, shapes, w, [x], 1, 64)
+    for n_threads in (2, 3):
+        np.testing.assert_array_equal(
+            run_engine_node("conv2d", attrs, shapes, w, [x], n_threads, 64), base)
+
+
+def test_model_results_equal_for_1_and_2_threads():
+    rng = np.random.default_rng(3)
+
+    def conv(name, i, o, cin, cout, k, s=1, g=1):
+        p = k // 2
+        return Node(name, "conv2d", [i], [o],
+                    {"out_channels": cout, "kernel": (k, k), "stride": (s, s),
+                     "pads": (p, p, p, p), "dilation": (1, 1), "groups": g,
+                     "activation": "relu"},
+                    {"weight": rng.standard_normal((cout, cin // g, k, k)).astype(np.float32),
+                     "bias": rng.standard_normal(cout).astype(np.float32)})
+    g = Graph(InputSpec("x", (1, 3, 97, 101)), [
+        conv("a", "x", "a", 3, 24, 3, 2), conv("b", "a", "b", 24, 24, 3, 1, 24),
+        conv("c", "b", "c", 24, 40, 1),
+        Node("p", "max_pool2d", ["c"], ["d"], {"kernel": (3, 3), "stride": (2, 2),
+                                              "pads": (1, 1, 1, 1), "dilation": (1, 1)}),
+        Node("u", "upsample_bilinear", ["d"], ["e"], {"size": (49, 51), "align_corners": 0,
+                                                      "scales": (25 / 49, 26 / 51)}),
+        Node("cat", "concat", ["c", "e"], ["f"], {}),
+        Node("gap", "global_avg_pool", ["f"], ["y"], {})], ["y", "f"])
+    x = rng.standard_normal((1, 3, 97, 101)).astype(np.float32)
+    one = Model(g, n_threads=1).run(x)
+    two = Model(g, n_threads=2).run(x)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_run_rejects_wrong_input():
+    g = Graph(InputSpec("x", (1, 2, 5, 5)), [Node("r", "relu", ["x"], ["y"])], ["y"])
+    check_graph(g)
+    m = Model(g)
+    with pytest.raises(ValueError, match=r"expected \(1, 2, 5, 5\), received \(1, 2, 5, 4\)"):
+        m.run(np.zeros((1, 2, 5, 4), np.float32))
+    with pytest.raises(ValueError, match="expected float32, received float64"):
+        m.run(np.zeros((1, 2, 5, 5)))
+    y = m.run(torch.full((1, 2, 5, 5), -1.0))
+    assert y.shape == (1, 2, 5, 5) and (y == 0).all()
+
+
+def test_n_threads_validation():
+    g = Graph(InputSpec("x", (1, 1, 2, 2)), [Node("r", "relu", ["x"], ["y"])], ["y"])
+    with pytest.raises(ValueError, match="n_threads"):
+        Model(g, n_threads=0)
+    assert Model(g, n_threads=None).n_threads >= 1
