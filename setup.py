@@ -100,7 +100,7 @@ setup(
     extras_require={
         "torch": ["torch==2.13.0"],
         "test": ["torch==2.13.0", "pytest>=7", "hypothesis>=6.80"],
-        "bench": ["torch==2.13.0", "onnxruntime>=1.17", "onnx>=1.15", "onnxscript",
+        "bench": ["torch==2.13.0", "onnxruntime>=1.17", "onnx>=1.15",
                   "matplotlib>=3.7", "opencv-python-headless>=4.8"],
     },
     entry_points={"console_scripts": ["framedelta = framedelta.cli:main"]},

@@ -65,10 +65,38 @@ class Model:
     def output_shapes(self):
         return [self.shapes[t] for t in self.graph.outputs]
 
-    def check_input(self, x):
-        """``x`` as a float32 array of :attr:`input_shape`; ValueError otherwise."""
+    @property
+    def takes_frames(self):
+        """True when the file declares image preprocessing: run() also takes uint8 frames."""
+        return self.graph.input.preprocess is not None
+
+    def frame_to_internal(self, frame):
+        """A uint8 (H, W, 3) BGR frame -> the engine-layout input, per the input spec."""
+        p = self.graph.input.preprocess
+        x = frame[..., ::-1] if p.bgr_to_rgb else frame
+        x = x.astype(np.float32) * np.float32(p.scale)
+        x -= np.asarray(p.mean, np.float32)
+        x /= np.asarray(p.std, np.float32)
+        return np.ascontiguousarray(x)
+
+    def to_engine_input(self, x):
+        """Check ``x`` and return it in engine layout (ValueError naming what is wrong)."""
         if hasattr(x, "detach"):          # a torch tensor, without importing torch
             x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        _, c, h, w = self.input_shape
+        if x.dtype == np.uint8 and x.ndim == 3:
+            if not self.takes_frames:
+                raise ValueError("this model takes float32 (1, C, H, W) tensors: its file "
+                                 "declares no image preprocessing for uint8 frames")
+            if x.shape != (h, w, c):
+                raise ValueError(f"frame shape: expected {(h, w, c)} (H, W, 3 uint8), "
+                                 f"received {x.shape}")
+            return self.frame_to_internal(x)
+        return to_internal(self.check_input(x), self.input_shape)
+
+    def check_input(self, x):
+        """``x`` as a float32 array of :attr:`input_shape`; ValueError otherwise."""
         x = np.asarray(x)
         if x.dtype != np.float32:
             raise ValueError(f"input dtype: expected float32, received {x.dtype}")
@@ -77,14 +105,15 @@ class Model:
         return x
 
     def run(self, x, n_threads=None):
-        """Dense forward pass. ``x``: float32 (1, C, H, W), torch layout (numpy or torch).
+        """Dense forward pass. ``x``: float32 (1, C, H, W), torch layout (numpy or torch),
+        or, when the file declares image preprocessing, a uint8 (H, W, 3) BGR frame.
 
         Returns the output array in torch layout, or a tuple when the model has several.
         """
-        x = self.check_input(x)
+        xi = self.to_engine_input(x)
         nt = self.n_threads if n_threads is None else effective_n_threads(n_threads)
         with self._lock, _blas_controller().limit(limits=1):
-            env = {self.graph.input.name: to_internal(x, self.input_shape)}
+            env = {self.graph.input.name: xi}
             for node, run, out in self._steps:
                 run([env[t] for t in node.inputs], out, nt)
                 env[node.outputs[0]] = out

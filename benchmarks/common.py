@@ -1,0 +1,125 @@
+"""What every benchmark shares: the machine's facts, outside load, interleaved timing.
+
+The machine is shared and noisy, so a benchmark runs its engines interleaved, one run
+each per round, records how busy the CPUs were with work that was not ours (from
+/proc/stat and our own rusage), and reports medians and ratios.
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _cpu_jiffies():
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]          # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def _own_cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+
+
+class LoadMeter:
+    """Outside load over an interval: CPU time used by other processes / CPU time there was.
+
+    0.0 means the other processes used nothing; 0.5 on 2 cores means one core was taken.
+    """
+
+    def __enter__(self):
+        self._busy0, self._total0 = _cpu_jiffies()
+        self._own0 = _own_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        busy1, total1 = _cpu_jiffies()
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (busy1 - self._busy0) / hz
+        total = (total1 - self._total0) / hz
+        own = _own_cpu_seconds() - self._own0
+        self.outside = max(0.0, busy - own) / total if total > 0 else 0.0
+        return False
+
+
+def machine_facts(n_threads):
+    facts = {"python": platform.python_version(), "threads": n_threads,
+             "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            facts["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f
+                                      if line.startswith("model name"))
+    except (OSError, StopIteration):
+        facts["cpu_model"] = platform.processor()
+    try:
+        facts["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        facts["git_dirty"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        facts["git_commit"] = None
+    versions = {}
+    for mod in ("numpy", "scipy", "torch", "onnxruntime", "framedelta"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    facts["versions"] = versions
+    return facts
+
+
+def interleaved(engines, rounds, warmup=2):
+    """Time each engine once per round, round-robin; returns per-engine times and load.
+
+    ``engines``: {name: zero-argument callable}. Returns ({name: [seconds]}, [outside
+    load per round]).
+    """
+    for _ in range(warmup):
+        for fn in engines.values():
+            fn()
+    times = {name: [] for name in engines}
+    loads = []
+    for _ in range(rounds):
+        with LoadMeter() as meter:
+            for name, fn in engines.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        loads.append(meter.outside)
+    return times, loads
+
+
+def median_ms(values):
+    return 1e3 * statistics.median(values)
+
+
+def write_json(name, payload):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def replace_section(readme, marker, text):
+    """Replace the text between <!-- marker --> and <!-- /marker --> in ``readme``."""
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    body = readme.read_text() if readme.exists() else ""
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in body and end in body:
+        head, rest = body.split(begin, 1)
+        body = head + block + rest.split(end, 1)[1]
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(body)
