@@ -30,6 +30,16 @@ def _shape(text):
     return shape
 
 
+def _size(text):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 360x480), got {text!r}")
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"the scene must be at least 16x16, got {text!r}")
+    return h, w
+
+
 def _preprocess(args):
     if not args.frames_in:
         return None
@@ -85,8 +95,9 @@ def cmd_demo(args):
             raise SystemExit(f"framedelta demo: no frames could be read from {args.video}")
         source = args.video
     else:
-        frames = list(fixed_camera_frames(args.frames, 360, 480, coverage=0.03, seed=0))
-        source = "bundled synthetic fixed-camera scene (360x480, 3% moving)"
+        h, w = args.size
+        frames = list(fixed_camera_frames(args.frames, h, w, coverage=0.03, seed=0))
+        source = f"the bundled synthetic fixed-camera scene ({h}x{w}, 3% moving)"
     h, w = frames[0].shape[:2]
     net = ZOO[args.model]()
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +158,8 @@ def build_parser():
     d.add_argument("--model", default="unet", choices=["unet", "resnet18", "mobilenet_v2"])
     d.add_argument("--video", help="a video file instead of the bundled synthetic scene")
     d.add_argument("--frames", type=int, default=20, help="frames to run (default 20)")
+    d.add_argument("--size", type=_size, default=(360, 480),
+                   help="HxW of the synthetic scene (default 360x480)")
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--out", help="keep the converted model file here")
     d.set_defaults(func=cmd_demo)
