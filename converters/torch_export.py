@@ -1,0 +1,368 @@
+"""PyTorch -> framedelta graph, through torch.export.
+
+``convert`` exports the module (or takes an ExportedProgram), runs torch's default
+decompositions so that every op is a core aten op, lowers each FX node with the rule
+registered for its aten op (rules.py), runs the graph passes (passes.py: BN folding,
+activation fusion, pad folding, identity removal), checks the result with
+formats.check_graph and optionally writes the model file.
+
+Errors name the op and where it came from in the user's model: the module path and
+class from ``nn_module_stack`` and the last source line outside torch from
+``stack_trace``.
+"""
+
+import operator
+import os
+import re
+
+import numpy as np
+import torch
+import torch.fx
+
+from framedelta.errors import ConversionError, ModelFormatError, UnsupportedOperatorError
+from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+
+from . import passes
+from .rules import RULES, Data
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+# FX names are readable already; these two are long for what they are.
+_SHORT_NAMES = {"_native_batch_norm_legit_no_training": "batch_norm",
+                "max_pool2d_with_indices": "max_pool2d"}
+
+
+def target_name(target):
+    """'aten.convolution.default' for an OpOverload, 'operator.getitem' for a builtin."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", str(target))
+    return f"{module.lstrip('_')}.{name}" if module else name
+
+
+# --- where a node came from --------------------------------------------------------------
+
+def _module_of(fx):
+    stack = fx.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, cls = list(stack.values())[-1]
+    cls = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
+    return path or "<root>", cls.rsplit(".", 1)[-1]
+
+
+def _user_frame(fx):
+    """(file, line) of the last stack frame outside torch's own package."""
+    frames = _FRAME.findall(fx.meta.get("stack_trace") or "")
+    for path, line in reversed(frames):
+        if not os.path.abspath(path).startswith(_TORCH_DIR):
+            return path, int(line)
+    return None
+
+
+def describe(fx, full_path=True):
+    """'layer1.0.conv1 (Conv2d) at model.py:42', from whatever the exporter recorded.
+
+    ``full_path`` False keeps only the file's name (what a model file stores).
+    """
+    parts = []
+    module = _module_of(fx)
+    if module:
+        parts.append(f"{module[0]} ({module[1]})")
+    frame = _user_frame(fx)
+    if frame:
+        path = frame[0] if full_path else os.path.basename(frame[0])
+        parts.append(f"at {path}:{frame[1]}")
+    return " ".join(parts) or None
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+def bind_args(fx, env):
+    """The node's arguments by schema name, trailing defaults filled from the schema,
+    FX nodes replaced by what they lowered to."""
+    lower = lambda v: torch.fx.node.map_arg(v, lambda n: env[n])  # noqa: E731
+    if not isinstance(fx.target, torch._ops.OpOverload):
+        if fx.target is operator.getitem:
+            return {"self": lower(fx.args[0]), "index": fx.args[1]}
+        return {f"arg{i}": lower(v) for i, v in enumerate(fx.args)} | dict(fx.kwargs)
+    out = {}
+    for i, arg in enumerate(fx.target._schema.arguments):
+        if not arg.kwarg_only and i < len(fx.args):
+            value = fx.args[i]
+        elif arg.name in fx.kwargs:
+            value = fx.kwargs[arg.name]
+        elif arg.has_default_value():
+            value = arg.default_value
+        else:
+            raise ConversionError(f"{target_name(fx.target)} at node {fx.name}: "
+                                  f"argument {arg.name!r} is missing")
+        out[arg.name] = lower(value)
+    return out
+
+
+def _static_shape(fx):
+    val = fx.meta.get("val")
+    if isinstance(val, (tuple, list)):
+        val = val[0]
+    if not isinstance(val, torch.Tensor):
+        return None
+    if not all(isinstance(d, int) for d in val.shape):
+        raise ConversionError(f"node {fx.name} ({target_name(fx.target)}, from "
+                              f"{describe(fx)}) has a dynamic shape {tuple(val.shape)}: "
+                              "export with static shapes")
+    return tuple(val.shape)
+
+
+# --- lowering ----------------------------------------------------------------------------
+
+class Lowering:
+    """What a rule sees as ``ctx``: the node being lowered and the graph built so far."""
+
+    def __init__(self):
+        self.nodes = []
+        self.shapes = {}      # tensor name -> shape (torch layout)
+        self.origins = {}     # node name -> (aten op, where with full path)
+        self._names = set()
+        self.fx = None
+        self.op = None
+
+    # the node being lowered
+    def begin(self, fx):
+        self.fx = fx
+        self.op = target_name(fx.target)
+
+    @property
+    def where(self):
+        return describe(self.fx)
+
+    @property
+    def out_shape(self):
+        return _static_shape(self.fx)
+
+    def unsupported(self, detail, op=None):
+        return UnsupportedOperatorError(op or self.op, self.where, detail)
+
+    # reading arguments
+    def data(self, value, arg):
+        """The graph tensor name of an argument that must be computed from the input."""
+        if isinstance(value, Data):
+            return value.name
+        kind = "a constant tensor" if isinstance(value, np.ndarray) else repr(value)
+        raise self.unsupported(f"argument {arg!r} is {kind}, framedelta needs a tensor "
+                               "computed from the input here")
+
+    def const(self, value, arg):
+        """The numpy value of an argument that must be a constant of the model."""
+        if isinstance(value, np.ndarray):
+            return value
+        what = "computed from the input" if isinstance(value, Data) else f"{value!r}"
+        raise ConversionError(
+            f"{self.op} (from {self.where or 'an unknown place'}): argument {arg!r} must be "
+            f"a constant tensor (a parameter, buffer or constant of the model), but it is "
+            f"{what}")
+
+    def shape(self, name):
+        return self.shapes[name]
+
+    # building the graph
+    def _unique(self, base):
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def emit(self, op, inputs, attrs=None, weights=None, shape=None, name=None):
+        """Append a node computing ``op``; returns its output as Data."""
+        base = name or self.fx.name
+        for long, short in _SHORT_NAMES.items():
+            if base.startswith(long):
+                base = short + base[len(long):]
+        name = self._unique(base)
+        weights = {k: np.ascontiguousarray(v, dtype=np.float32)
+                   for k, v in (weights or {}).items()}
+        self.nodes.append(Node(name, op, list(inputs), [name], dict(attrs or {}), weights,
+                               describe(self.fx, full_path=False) or ""))
+        self.shapes[name] = tuple(shape or self.out_shape)
+        self.origins[name] = (self.op, self.where)
+        return Data(name)
+
+    def add_input(self, fx):
+        self._names.add(fx.name)
+        self.shapes[fx.name] = _static_shape(fx)
+        return Data(fx.name)
+
+
+def _constants(ep):
+    """{placeholder name: numpy array} of parameters, buffers and lifted constants."""
+    sig = ep.graph_signature
+    out = {}
+    for name, target in {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+                         **sig.inputs_to_lifted_tensor_constants}.items():
+        t = ep.state_dict[target] if target in ep.state_dict else ep.constants[target]
+        t = t.detach().cpu()
+        if t.is_floating_point() and t.dtype != torch.float64:
+            t = t.float()
+        out[name] = t.numpy()
+    return out
+
+
+def _check_example(x):
+    if isinstance(x, (tuple, list)):
+        if len(x) != 1:
+            raise ConversionError(f"framedelta models take one input, got {len(x)}")
+        x = x[0]
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise ConversionError(f"example_input must be a tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[0] != 1 or x.dtype != torch.float32:
+        raise ConversionError(f"example_input must be a (1, C, H, W) float32 tensor, got "
+                              f"shape {tuple(x.shape)} dtype {x.dtype}")
+    return x
+
+
+def export(model, example_input):
+    """An ExportedProgram of core aten ops (run_decompositions applied)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        ep = model
+    elif isinstance(model, torch.nn.Module):
+        x = _check_example(example_input)
+        try:
+            ep = torch.export.export(model.eval(), (x,))
+        except Exception as e:  # torch raises many kinds; all mean "cannot export"
+            raise ConversionError(f"torch.export could not export "
+                                  f"{type(model).__name__}: {type(e).__name__}: {e}") from e
+    else:
+        raise ConversionError(f"expected a torch.nn.Module or an ExportedProgram, got "
+                              f"{type(model).__name__}")
+    return ep.run_decompositions()
+
+
+def _user_input(ep, example_input):
+    inputs = [s.arg.name for s in ep.graph_signature.input_specs
+              if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    if len(inputs) != 1:
+        raise ConversionError(f"framedelta models take one input tensor, the program "
+                              f"takes {len(inputs)}")
+    fx = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == inputs[0])
+    val = fx.meta.get("val")
+    shape = _static_shape(fx)
+    if shape is None or len(shape) != 4 or shape[0] != 1 or val.dtype != torch.float32:
+        raise ConversionError(f"the model input must be a (1, C, H, W) float32 tensor, got "
+                              f"shape {shape} dtype {getattr(val, 'dtype', None)}")
+    if example_input is not None and tuple(_check_example(example_input).shape) != shape:
+        raise ConversionError(f"example_input has shape "
+                              f"{tuple(_check_example(example_input).shape)} but the "
+                              f"ExportedProgram was exported for {shape}")
+    return fx
+
+
+_TRAINING_OPS = ("aten._native_batch_norm_legit_functional.default",
+                 "aten._native_batch_norm_legit.default", "aten.native_dropout.default")
+
+
+def _check_eval_mode(ep):
+    """A program exported in training mode mutates buffers (BN statistics) and draws
+    dropout masks; say so instead of naming the training-only op."""
+    kinds = {s.kind for s in ep.graph_signature.output_specs}
+    ops = {target_name(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    if kinds - {torch.export.graph_signature.OutputKind.USER_OUTPUT} or ops & set(_TRAINING_OPS):
+        raise ConversionError("the program was exported in training mode (it updates buffers "
+                              "such as BatchNorm statistics, or applies dropout): export "
+                              "model.eval() instead")
+
+
+def _no_rule_error(ep):
+    """UnsupportedOperatorError for the first op without a rule, listing the others."""
+    missing = {}
+    for fx in ep.graph.nodes:
+        if fx.op == "call_function" and target_name(fx.target) not in RULES:
+            missing.setdefault(target_name(fx.target), fx)
+    if not missing:
+        return None
+    (op, fx), *others = missing.items()
+    detail = "framedelta has no converter rule for it"
+    if others:
+        names = ", ".join(o for o, _ in others)
+        detail += f" (nor for {names}, which the model also uses)"
+    return UnsupportedOperatorError(op, describe(fx), detail)
+
+
+def lower(ep, example_input=None, preprocess=None):
+    """The framedelta graph of an ExportedProgram of core aten ops, before the passes."""
+    _check_eval_mode(ep)
+    err = _no_rule_error(ep)
+    if err is not None:
+        raise err
+    user_input = _user_input(ep, example_input)
+    consts = _constants(ep)
+    ctx = Lowering()
+    env = {}
+    outputs = []
+    for fx in ep.graph.nodes:
+        if fx.op == "placeholder":
+            env[fx] = ctx.add_input(fx) if fx is user_input else consts.get(fx.name)
+        elif fx.op == "call_function":
+            ctx.begin(fx)
+            env[fx] = RULES[ctx.op].fn(ctx, bind_args(fx, env))
+        elif fx.op == "output":
+            ctx.begin(fx)
+            outputs = [env[n] if isinstance(n, torch.fx.Node) else n
+                       for n in _flatten_outputs(fx.args[0])]
+        else:
+            raise ConversionError(f"unexpected FX node {fx.name} ({fx.op}) in the exported "
+                                  "program")
+    graph = Graph(InputSpec(user_input.name, ctx.shapes[user_input.name],
+                            preprocess=preprocess), ctx.nodes, [],
+                  producer=f"framedelta.converters (torch {torch.__version__})")
+    for i, out in enumerate(outputs):
+        if not isinstance(out, Data):
+            raise ConversionError(f"output {i} of the model is not a tensor computed from the "
+                                  f"input (got {type(out).__name__})")
+        name = out.name
+        if name == user_input.name or name in graph.outputs:
+            # the format needs each output produced by a node, and listed once
+            name = ctx.emit("identity", [name], shape=ctx.shapes[name],
+                            name=f"{name}_output").name
+        graph.outputs.append(name)
+    return graph, ctx.origins
+
+
+def _flatten_outputs(args):
+    out = []
+    torch.fx.node.map_aggregate(args, lambda v: out.append(v))
+    return out
+
+
+def convert(model, example_input=None, path=None, *, preprocess=None):
+    """Convert an eval ``nn.Module`` (with its example input, (1, C, H, W) float32) or an
+    ``ExportedProgram`` to a framedelta Graph; write the model file when ``path`` is
+    given. ``preprocess`` (formats.Preprocess) declares uint8 camera-frame input.
+
+    Raises UnsupportedOperatorError for an op or argument value framedelta cannot
+    express, ConversionError for anything else that stops the conversion.
+    """
+    ep = export(model, example_input)
+    graph, origins = lower(ep, example_input, preprocess)
+    passes.run_passes(graph)
+    for node in passes.leftover_pseudo_nodes(graph):
+        op, where = origins[node.name]
+        raise UnsupportedOperatorError(op, where, (
+            "zero padding is supported only where it folds into the padding of the "
+            "convolutions that read it (every reader a conv2d, and the pad smaller than "
+            "their kernel extent); a standalone constant pad op is not in format version 1"))
+    try:
+        check_graph(graph)
+    except ModelFormatError as e:
+        node = e.node
+        op, where = origins.get(node, (None, None))
+        raise ConversionError(f"the converted graph breaks a format rule at "
+                              f"{op or 'graph level'} (from {where or 'unknown'}): {e}") from e
+    if path is not None:
+        from framedelta.formats import write_model
+        write_model(graph, path)
+    return graph
