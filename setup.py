@@ -69,15 +69,15 @@ def extensions():
     compile_args = ["-O3", "-fno-math-errno", "-Wno-unused-function"] + omp
     if not os.environ.get("FRAMEDELTA_PORTABLE"):
         compile_args.append("-march=native")
-    ext = Extension(
-        "framedelta.engine._kernels",
-        ["engine/_kernels.pyx"],
+    exts = [Extension(
+        f"framedelta.engine.{name}",
+        [f"engine/{name}.pyx"],
         include_dirs=[numpy.get_include()],
         extra_compile_args=compile_args,
         extra_link_args=omp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
-    return cythonize([ext], language_level=3, compiler_directives={
+    ) for name in ("_kernels", "_incremental")]
+    return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
         "initializedcheck": False})
 

@@ -6,6 +6,7 @@ returned as fresh arrays in torch layout.
 """
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -15,7 +16,8 @@ from framedelta.formats.ops import OPS, resolve_attrs
 
 from . import _kernels
 from .layout import internal_shape, to_internal, to_torch
-from .registry import REGISTRY
+from .receptive import node_rule
+from .registry import RECEPTIVE_RULES, REGISTRY
 
 _BLAS = None
 
@@ -37,6 +39,18 @@ def effective_n_threads(n_threads):
     return int(n_threads)
 
 
+@dataclass(frozen=True)
+class PlanStep:
+    """One node as the incremental path sees it (shared by every stream of a model)."""
+    node: object
+    dense: object        # run(inputs, out, n_threads)
+    masked: object       # run(inputs, out, pix, n_threads), or None: recompute whole
+    rule: object         # receptive.SAME, per-axis (lo, hi) ranges, or None (global)
+    mask_shape: tuple    # (OH, OW) for images, (1, 1) otherwise
+    macs: int            # dense multiply-accumulates of the node
+    fallback: float      # dirty fraction above which the dense kernel is used
+
+
 class Model:
     """A loaded model. Use :func:`framedelta.load` to make one from a file."""
 
@@ -46,6 +60,8 @@ class Model:
         self.shapes = check_graph(graph, path)
         self.n_threads = effective_n_threads(n_threads)
         self._lock = threading.Lock()
+        self._m_tile = m_tile
+        self._plan = None
         self._steps = []
         for node in graph.nodes:
             attrs = resolve_attrs(OPS[node.op], node.attrs)
@@ -120,6 +136,42 @@ class Model:
             outs = tuple(np.array(to_torch(env[t], self.shapes[t]), order="C")
                          for t in self.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
+
+    def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None):
+        """A new stream (one camera) with its own caches; see :class:`Stream`.
+
+        ``threshold``: a position counts as changed when the max over channels of
+        |x - reference| exceeds it (pixel units for uint8 frames). ``detector``:
+        "pixel", or "block" (a block x block tile changes whole when its mean
+        max-over-channels change exceeds the threshold).
+        """
+        from .stream import Stream
+        return Stream(self, threshold=threshold, detector=detector, block=block,
+                      n_threads=n_threads)
+
+    def incremental_plan(self):
+        """Per node: dense and masked kernels, receptive-field ranges, MACs (built once)."""
+        with self._lock:
+            if self._plan is None:
+                from .stream import DEFAULT_FALLBACK, DENSE_FALLBACK
+                plan = []
+                for node, run, _ in self._steps:
+                    attrs = resolve_attrs(OPS[node.op], node.attrs)
+                    in_shapes = [self.shapes[t] for t in node.inputs]
+                    out_shape = self.shapes[node.outputs[0]]
+                    rule = node_rule(node, self.shapes, RECEPTIVE_RULES)
+                    prepare = REGISTRY[node.op].masked
+                    masked = None
+                    if rule is not None and prepare is not None:
+                        kw = {"m_tile": self._m_tile} if node.op == "conv2d" else {}
+                        masked = prepare(node, attrs, in_shapes, out_shape, **kw)
+                    plan.append(PlanStep(
+                        node, run, masked, rule,
+                        tuple(out_shape[2:]) if len(out_shape) == 4 else (1, 1),
+                        OPS[node.op].count_macs(attrs, in_shapes, [out_shape]),
+                        DENSE_FALLBACK.get(node.op, DEFAULT_FALLBACK)))
+                self._plan = plan
+            return self._plan
 
     def __repr__(self):
         return (f"<framedelta.Model {len(self.graph.nodes)} nodes, input {self.input_shape}, "

@@ -1,90 +1,133 @@
-"""Receptive-field rules: which input positions each output position reads.
+"""Receptive-field rules: exactly which input positions each output position reads.
 
-One rule per op, keyed by op name in the registry. A rule returns, per spatial axis
-(H then W), a window ``(extent, stride, offset)``: output index o reads input indices
-from ``floor(o * stride + offset)`` to ``floor(o * stride + offset) + extent - 1``
-(clipped to the input). ``None`` means a global dependence (every input position).
-Category rules cover most ops; windowed ops spell theirs out.
+One rule per op, keyed by op name in the registry, of the form
+``rule(attrs, in_shapes, out_shape)`` returning one of:
+
+- ``SAME``: output position p reads position p of every input (elementwise and
+  multi-input ops: a change passes through, the union over inputs);
+- ``(rows, cols)``: per spatial axis a pair of int32 arrays ``(lo, hi)``: output index
+  o reads input indices ``lo[o]..hi[o]`` (clipped to the input; ``lo > hi`` reads
+  nothing, e.g. a window in the padding);
+- ``None``: every input position (global ops: one change anywhere changes all).
+
+The incremental path dilates change masks with these ranges (``_incremental.dilate_mask``);
+``framedelta info`` composes them into receptive-field sizes.
 """
 
-import math
+import numpy as np
 
-from framedelta.formats.ops import OPS, Category
+from framedelta.formats.ops import OPS, Category, resolve_attrs
 
-ELEMENTWISE_WINDOW = ((1, 1.0, 0.0), (1, 1.0, 0.0))
+SAME = "same"
+
+
+def _clip(lo, hi, size):
+    return (np.clip(lo, 0, size - 1).astype(np.int32),
+            np.clip(hi, -1, size - 1).astype(np.int32))
+
+
+def _window_axis(out_size, in_size, k, s, p, d):
+    o = np.arange(out_size, dtype=np.int64)
+    lo = o * s - p
+    hi = lo + d * (k - 1)
+    # leading taps in the padding: the first real tap is the first one >= 0
+    first = np.where(lo < 0, lo + ((-lo + d - 1) // d) * d, lo)
+    last = np.where(hi >= in_size, hi - ((hi - in_size + 1 + d - 1) // d) * d, hi)
+    return _clip(first, last, in_size)
 
 
 def windowed(attrs, in_shapes, out_shape):
+    """conv2d and pooling: kernel, stride, padding (asymmetric too), dilation, ceil_mode."""
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     pt, pl, _, _ = attrs["pads"]
     dh, dw = attrs["dilation"]
-    return ((dh * (kh - 1) + 1, float(sh), float(-pt)), (dw * (kw - 1) + 1, float(sw), float(-pl)))
+    h, w = in_shapes[0][2:]
+    return (_window_axis(out_shape[2], h, kh, sh, pt, dh),
+            _window_axis(out_shape[3], w, kw, sw, pl, dw))
 
 
-def elementwise(attrs, in_shapes, out_shape):
-    return ELEMENTWISE_WINDOW
+def nearest(attrs, in_shapes, out_shape):
+    from .ops import nearest_indices
+    axes = []
+    for a in range(2):
+        idx = nearest_indices(out_shape[2 + a], in_shapes[0][2 + a], attrs["scales"][a])
+        axes.append((idx, idx.copy()))
+    return tuple(axes)
+
+
+def bilinear(attrs, in_shapes, out_shape):
+    from .ops import bilinear_taps
+    axes = []
+    for a in range(2):
+        idx, wts = bilinear_taps(out_shape[2 + a], in_shapes[0][2 + a],
+                                 bool(attrs["align_corners"]), attrs["scales"][a])
+        # a tap whose weight is exactly 0 still reads its input: 0 * inf is NaN
+        axes.append((idx[:, 0].copy(), idx[:, 1].copy()))
+    return tuple(axes)
+
+
+def same(attrs, in_shapes, out_shape):
+    return SAME
 
 
 def global_(attrs, in_shapes, out_shape):
     return None
 
 
-def nearest(attrs, in_shapes, out_shape):
-    sy, sx = attrs["scales"]
-    return ((1, float(sy), 0.0), (1, float(sx), 0.0))
-
-
-def bilinear(attrs, in_shapes, out_shape):
-    if attrs["align_corners"]:
-        sy, sx = [(i - 1) / (o - 1) if o > 1 else 0.0
-                  for i, o in zip(in_shapes[0][2:], out_shape[2:])]
-        return ((2, sy, 0.0), (2, sx, 0.0))
-    sy, sx = attrs["scales"]
-    return ((2, float(sy), 0.5 * sy - 0.5), (2, float(sx), 0.5 * sx - 0.5))
-
-
 def by_category(op):
     """The generic rule of an op's category (STYLE.md 2)."""
     cat = OPS[op].category
     if cat in (Category.ELEMENTWISE, Category.MULTI_INPUT):
-        return elementwise
+        return same
     if cat is Category.GLOBAL:
         return global_
     raise KeyError(f"windowed op {op!r} needs its own receptive-field rule")
 
 
+def node_rule(node, shapes, rules):
+    """The rule's answer for one node of a graph whose tensor shapes are ``shapes``."""
+    attrs = resolve_attrs(OPS[node.op], node.attrs)
+    out_shape = shapes[node.outputs[0]]
+    in_shapes = [shapes[t] for t in node.inputs]
+    if len(out_shape) != 4 or any(len(s) != 4 for s in in_shapes):
+        return None      # vectors and reshapes: no spatial correspondence
+    return rules[node.op](attrs, in_shapes, out_shape)
+
+
 def receptive_fields(graph, shapes, rules):
-    """Per tensor: ((rf_h, rf_w), (jump_h, jump_w)) in input pixels, or None once global.
+    """Per spatial tensor: (rf_h, rf_w), the largest input window one position sees;
+    None for tensors after a global op.
 
-    rf is the side of the input window one position sees; jump is the input distance
-    between neighbouring positions. Standard recurrence: rf += (extent - 1) * jump,
-    jump *= stride; a multi-input op takes the largest of its inputs.
+    Composes the exact ranges: per axis and output index, the first and last input
+    pixel it depends on.
     """
-    from framedelta.formats.ops import resolve_attrs
-    out = {graph.input.name: ((1.0, 1.0), (1.0, 1.0))}
+    h, w = graph.input.shape[2:]
+    spans = {graph.input.name: tuple((np.arange(n), np.arange(n)) for n in (h, w))}
+    out = {graph.input.name: (1, 1)}
     for node in graph.nodes:
-        ins = [out.get(t) for t in node.inputs]
-        attrs = resolve_attrs(OPS[node.op], node.attrs)
-        win = rules[node.op](attrs, [shapes[t] for t in node.inputs], shapes[node.outputs[0]])
-        if win is None or any(i is None for i in ins) or len(shapes[node.outputs[0]]) != 4:
-            out[node.outputs[0]] = None
+        rule = node_rule(node, shapes, rules)
+        ins = [spans.get(t) for t in node.inputs]
+        t_out = node.outputs[0]
+        if rule is None or any(s is None for s in ins):
+            spans[t_out] = out[t_out] = None
             continue
-        rf = [max(i[0][a] for i in ins) for a in range(2)]
-        jump = [max(i[1][a] for i in ins) for a in range(2)]
-        out[node.outputs[0]] = (
-            tuple(rf[a] + (win[a][0] - 1) * jump[a] for a in range(2)),
-            tuple(jump[a] * win[a][1] for a in range(2)))
+        if rule is SAME:
+            axes = tuple((np.minimum.reduce([s[a][0] for s in ins]),
+                          np.maximum.reduce([s[a][1] for s in ins])) for a in range(2))
+        else:
+            axes = []
+            for a, (lo, hi) in enumerate(rule):
+                first, last = ins[0][a]
+                ok = lo <= hi
+                safe_lo, safe_hi = np.where(ok, lo, 0), np.where(ok, hi, 0)
+                axes.append((np.where(ok, first[safe_lo], np.iinfo(np.int64).max),
+                             np.where(ok, last[safe_hi], np.iinfo(np.int64).min)))
+            axes = tuple(axes)
+        spans[t_out] = axes
+        sizes = []
+        for first, last in axes:
+            ok = last >= first
+            sizes.append(int((last[ok] - first[ok]).max()) + 1 if ok.any() else 0)
+        out[t_out] = tuple(sizes)
     return out
-
-
-def total_receptive_field(graph, shapes, rules):
-    """Largest (rf_h, rf_w) over the spatial outputs, or None when an output is global."""
-    fields = receptive_fields(graph, shapes, rules)
-    best = (0, 0)
-    for t in graph.outputs:
-        f = fields.get(t)
-        if f is None:
-            return None
-        best = (max(best[0], math.ceil(f[0][0])), max(best[1], math.ceil(f[0][1])))
-    return best

@@ -32,7 +32,7 @@ def describe(graph):
         f = fields.get(node.outputs[0])
         rows.append(NodeInfo(node.name, node.op, schema.category.value, out_shapes[0],
                              schema.count_macs(attrs, in_shapes, out_shapes),
-                             None if f is None else tuple(round(v) for v in f[0]),
+                             f,
                              node.source))
     return rows
 

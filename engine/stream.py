@@ -1,0 +1,252 @@
+"""Streams: one camera each, with the per-layer caches of the incremental path.
+
+A stream keeps the input its caches represent (``reference_input``) and every node's
+last output. Each step:
+
+1. the change detector compares the new input with the reference; changed positions
+   take the new values, the others keep the reference's (so the output always equals
+   ``model.run(stream.reference_input)``, with no drift over any number of frames);
+2. for each node in order, its dirty output mask is its inputs' masks dilated by the
+   node's exact receptive-field ranges (``receptive.py``), or the union for
+   elementwise and multi-input ops, or everything for a global op with a dirty input;
+3. the node recomputes its dirty positions into its cache with its masked kernel, or
+   all of them with its dense kernel when the dirty fraction is above the op's
+   fallback threshold (same per-position arithmetic either way).
+
+Several streams on one model share the prepared weights and nothing else; two streams
+may step concurrently from two Python threads (the kernels release the GIL).
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _incremental as I
+from .layout import internal_shape, to_internal, to_torch
+
+DETECTORS = ("pixel", "block")
+
+# Above this fraction of dirty output positions a node recomputes densely: gathering
+# scattered rows stops paying. Exactness does not depend on these values.
+DENSE_FALLBACK = {"conv2d": 0.6}
+DEFAULT_FALLBACK = 0.8
+
+
+@dataclass
+class NodeStats:
+    name: str
+    op: str
+    active_fraction: float     # fraction of output positions recomputed
+    seconds: float
+    dense: bool                # computed by the dense kernel (first step, fallback, global)
+
+
+@dataclass
+class StepStats:
+    input_changed_fraction: float
+    macs: int                  # multiply-accumulates this step did
+    dense_macs: int            # what a dense pass does
+    seconds: float
+    nodes: list = field(default_factory=list)
+
+    @property
+    def mac_ratio(self):
+        """dense MACs / incremental MACs: the speed-up a perfect kernel would give."""
+        return self.dense_macs / max(self.macs, 1)
+
+
+class Stream:
+    """Incremental execution of one model on one camera. Make it with ``model.stream()``."""
+
+    def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None):
+        from .model import effective_n_threads
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) \
+                or not math.isfinite(threshold) or threshold < 0:
+            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        if detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block must be a positive integer, got {block!r}")
+        self.model = model
+        self.threshold = float(threshold)
+        self.detector = detector
+        self.block = int(block)
+        self.n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
+        self._plan = model.incremental_plan()
+        shapes = model.shapes
+        self._caches = {t: np.empty(internal_shape(shapes[t]), np.float32)
+                        for step in self._plan for t in step.node.outputs}
+        _, c, h, w = model.input_shape
+        self._input = np.empty((h, w, c), np.float32)     # engine-layout reference input
+        self._ref_frame = None                            # uint8 reference, frame streams
+        self._diff = np.empty((h, w), np.float32)
+        self.last_stats = None
+        self.reset()
+
+    # --- public ----------------------------------------------------------------
+
+    def reset(self):
+        """Forget the reference: the next step computes densely."""
+        self._started = False
+        self._ref_frame = None
+        self._frames = None
+
+    @property
+    def reference_input(self):
+        """The input the caches represent now: a uint8 (H, W, 3) frame for a stream fed
+        with frames, else float32 (1, C, H, W) torch layout. None before the first step."""
+        if not self._started:
+            return None
+        if self._frames:
+            return self._ref_frame.copy()
+        return np.array(to_torch(self._input, self.model.input_shape), order="C")
+
+    @property
+    def cache_bytes(self):
+        """Bytes this stream holds: caches, reference input, masks' scratch."""
+        n = sum(a.nbytes for a in self._caches.values()) + self._input.nbytes + self._diff.nbytes
+        return n + (self._ref_frame.nbytes if self._ref_frame is not None else 0)
+
+    def step(self, x):
+        """Feed the next input; returns the output(s) of ``model.run(reference_input)``.
+
+        ``x``: float32 (1, C, H, W) torch layout, or a uint8 (H, W, 3) BGR frame when
+        the model file declares image preprocessing (threshold then in pixel units).
+        """
+        t0 = time.perf_counter()
+        frame = self._is_frame(x)
+        if frame and self._frames is False or not frame and self._frames:
+            raise ValueError("this stream was fed " + ("float tensors" if frame else
+                             "uint8 frames") + " so far; call reset() before switching")
+        if frame:
+            new = np.ascontiguousarray(x)
+        else:
+            new = to_internal(self.model.check_input(x), self.model.input_shape)
+        from .model import _blas_controller
+        with _blas_controller().limit(limits=1):
+            if not self._started:
+                changed = self._first_step(new, frame)
+                stats = self._run_nodes(None)
+            else:
+                changed = self._update_reference(new, frame)
+                stats = self._run_nodes(changed)
+        stats.input_changed_fraction = (1.0 if changed is None
+                                        else float(np.count_nonzero(changed)) / changed.size)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
+                     for t in self.model.graph.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    # --- detection --------------------------------------------------------------
+
+    def _is_frame(self, x):
+        if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3:
+            if not self.model.takes_frames:
+                raise ValueError("this model takes float32 (1, C, H, W) tensors: its file "
+                                 "declares no image preprocessing for uint8 frames")
+            _, c, h, w = self.model.input_shape
+            if x.shape != (h, w, c):
+                raise ValueError(f"frame shape: expected {(h, w, c)} (H, W, 3 uint8), "
+                                 f"received {x.shape}")
+            return True
+        return False
+
+    def _first_step(self, new, frame):
+        self._frames = frame
+        if frame:
+            self._ref_frame = new.copy()
+            self._input[...] = self.model.frame_to_internal(new)
+        else:
+            self._input[...] = new
+        self._started = True
+        return None
+
+    def _changed_mask(self):
+        d, t = self._diff, self.threshold
+        if self.detector == "pixel":
+            return ~(d <= t)                       # NaN counts as changed
+        b = self.block
+        h, w = d.shape
+        th, tw = -(-h // b), -(-w // b)
+        padded = np.zeros((th * b, tw * b), np.float64)
+        padded[:h, :w] = d
+        sums = padded.reshape(th, b, tw, b).sum(axis=(1, 3))
+        counts = np.full((th, tw), float(b * b))
+        counts[-1, :] = (h - (th - 1) * b) * b
+        counts[:, -1] = (w - (tw - 1) * b) * b
+        counts[-1, -1] = (h - (th - 1) * b) * (w - (tw - 1) * b)
+        tiles = ~(sums / counts <= t)
+        return np.repeat(np.repeat(tiles, b, 0), b, 1)[:h, :w]
+
+    def _update_reference(self, new, frame):
+        if frame:
+            I.max_abs_diff_u8(new, self._ref_frame, self._diff, self.n_threads)
+        else:
+            I.max_abs_diff_f32(new, self._input, self._diff, self.n_threads)
+        changed = self._changed_mask()
+        if frame:
+            self._ref_frame[changed] = new[changed]
+            if changed.any():
+                self._input[changed] = self.model.frame_to_internal(new[changed][None])[0]
+        else:
+            self._input[changed] = new[changed]
+        return changed
+
+    # --- propagation and compute ---------------------------------------------------
+
+    def _run_nodes(self, changed):
+        """Recompute every node where needed; ``changed`` None means everything."""
+        env = {self.model.graph.input.name: self._input}
+        masks = {}
+        if changed is not None:
+            masks[self.model.graph.input.name] = changed.astype(np.uint8)
+        macs = dense_macs = 0
+        node_stats = []
+        nt = self.n_threads
+        for step in self._plan:
+            node = step.node
+            out_name = node.outputs[0]
+            out = self._caches[out_name]
+            inputs = [env[t] for t in node.inputs]
+            env[out_name] = out
+            dense_macs += step.macs
+            t0 = time.perf_counter()
+            if changed is None:
+                mask, frac, dense = None, 1.0, True
+            else:
+                mask = self._propagate(step, masks)
+                n = int(np.count_nonzero(mask))
+                frac = n / mask.size
+                dense = step.masked is None or frac > step.fallback
+            if frac > 0:
+                if dense:
+                    step.dense(inputs, out, nt)
+                else:
+                    step.masked(inputs, out, I.mask_indices(mask), nt)
+            if mask is not None:
+                masks[out_name] = mask
+            computed = 1.0 if dense and frac > 0 else frac
+            macs += int(round(step.macs * computed))
+            node_stats.append(NodeStats(node.name, node.op, computed,
+                                        time.perf_counter() - t0, dense and frac > 0))
+        return StepStats(0.0, macs, dense_macs, 0.0, node_stats)
+
+    def _propagate(self, step, masks):
+        ins = [masks[t] for t in step.node.inputs]
+        if step.rule is None:                       # global: all or nothing
+            dirty = any(m.any() for m in ins)
+            return np.full(step.mask_shape, dirty, np.uint8)
+        if step.rule == "same":
+            if len(ins) == 1:
+                return ins[0]
+            out = ins[0].copy()
+            for m in ins[1:]:
+                np.bitwise_or(out, m, out=out)
+            return out
+        (lo_y, hi_y), (lo_x, hi_x) = step.rule
+        out = np.empty(step.mask_shape, np.uint8)
+        I.dilate_mask(ins[0], lo_y, hi_y, lo_x, hi_x, out)
+        return out
