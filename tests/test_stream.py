@@ -1,0 +1,354 @@
+"""The incremental path equals the dense path: property tests over random graphs.
+
+For random DAGs over the op set (chains, residual adds, concats, strides, dilation,
+asymmetric padding, pooling with ceil_mode, upsampling, global tails), random shapes,
+random frame sequences with random changed regions (borders included), random
+thresholds and detectors, every ``step(x)`` must equal ``run(reference_input)``; with
+threshold 0 it must equal ``run(x)``; the same after ``reset()``, with 1 and 2
+threads and with any tile size.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from framedelta.engine.model import Model
+from framedelta.formats.graph import Graph, InputSpec, Node, Preprocess, check_graph
+from framedelta.formats.ops import OPS, SchemaError, resolve_attrs
+
+
+def assert_close(y, ref, what=""):
+    ys = y if isinstance(y, tuple) else (y,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    assert len(ys) == len(refs)
+    for a, b in zip(ys, refs):
+        assert a.shape == b.shape
+        bound = 1e-5 * (1 + float(np.abs(b).max()))
+        err = float(np.abs(a - b).max())
+        assert err <= bound, f"{what}: max abs diff {err:.3g} > {bound:.3g}"
+
+
+class GraphBuilder:
+    """Draws a random valid graph, one node at a time, from a hypothesis ``data``."""
+
+    def __init__(self, data, c, h, w):
+        self.data = data
+        self.rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1), label="wseed"))
+        self.nodes = []
+        self.shapes = {"x": (1, c, h, w)}
+        self.spatial = ["x"]
+
+    def draw(self, strategy, label=None):
+        return self.data.draw(strategy, label=label)
+
+    def add(self, op, inputs, attrs, weights=None):
+        schema = OPS[op]
+        try:
+            full = resolve_attrs(schema, attrs)
+            in_shapes = [self.shapes[t] for t in inputs]
+            want = schema.weights(full, in_shapes)
+            out_shape = tuple(schema.infer(full, in_shapes)[0])
+        except SchemaError:
+            return None
+        if weights is None:
+            weights = {k: (self.rng.standard_normal(s) * 0.5).astype(np.float32)
+                       for k, s in want.items()}
+        name = f"t{len(self.nodes)}"
+        self.nodes.append(Node(f"n{len(self.nodes)}", op, list(inputs), [name], attrs, weights))
+        self.shapes[name] = out_shape
+        if len(out_shape) == 4 and out_shape[2] * out_shape[3] > 0:
+            self.spatial.append(name)
+        return name
+
+    def pick(self):
+        # favour recent tensors so that graphs get deep
+        k = self.draw(st.integers(0, min(3, len(self.spatial) - 1)))
+        return self.spatial[-1 - k]
+
+    def window(self, max_k=4):
+        kh, kw = self.draw(st.integers(1, max_k)), self.draw(st.integers(1, max_k))
+        dh, dw = self.draw(st.integers(1, 2)), self.draw(st.integers(1, 2))
+        ext = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        pads = tuple(self.draw(st.integers(0, ext[i % 2] - 1)) for i in range(4))
+        return {"kernel": (kh, kw), "stride": (self.draw(st.integers(1, 2)),
+                                               self.draw(st.integers(1, 2))),
+                "pads": pads, "dilation": (dh, dw)}
+
+    def random_node(self):
+        op = self.draw(st.sampled_from(["conv2d", "conv2d", "conv2d", "dwconv", "max_pool2d",
+                                        "relu", "clamp", "batch_norm", "identity", "add",
+                                        "concat", "upsample_nearest", "upsample_bilinear"]))
+        x = self.pick()
+        c, h, w = self.shapes[x][1:]
+        if op in ("conv2d", "dwconv"):
+            a = self.window()
+            if op == "dwconv":
+                a.update(out_channels=c, groups=c)
+            else:
+                g = self.draw(st.sampled_from([1, 1, 2]))
+                g = g if c % g == 0 else 1
+                a.update(out_channels=g * self.draw(st.integers(1, 5)), groups=g)
+            a["activation"] = self.draw(st.sampled_from(["none", "relu", "clamp"]))
+            a.update(act_min=-0.5, act_max=1.0)
+            return self.add("conv2d", [x], a)
+        if op == "max_pool2d":
+            a = self.window(3)
+            a["ceil_mode"] = self.draw(st.integers(0, 1))
+            return self.add(op, [x], a)
+        if op == "clamp":
+            return self.add(op, [x], {"min": -0.3, "max": 0.4})
+        if op in ("relu", "batch_norm", "identity"):
+            return self.add(op, [x], {})
+        if op == "add":
+            same = [t for t in self.spatial if self.shapes[t] == self.shapes[x]]
+            return self.add(op, [x, self.draw(st.sampled_from(same))], {})
+        if op == "concat":
+            same = [t for t in self.spatial if self.shapes[t][2:] == (h, w)]
+            others = self.draw(st.lists(st.sampled_from(same), min_size=1, max_size=2))
+            return self.add(op, [x] + others, {"axis": 1})
+        f = self.draw(st.integers(1, 3))
+        if self.draw(st.booleans()):
+            size, scales = (h * f, w * f), (1.0 / f, 1.0 / f)
+        else:
+            size = (self.draw(st.integers(1, 2 * h + 1)), self.draw(st.integers(1, 2 * w + 1)))
+            scales = (h / size[0], w / size[1])
+        a = {"size": size, "scales": scales}
+        if op == "upsample_bilinear":
+            a["align_corners"] = self.draw(st.integers(0, 1))
+        return self.add(op, [x], a)
+
+    def global_tail(self, x):
+        c = self.shapes[x][1]
+        g = self.add("global_avg_pool", [x], {"keepdim": 1})
+        r = self.add("reshape", [g], {"shape": (1, c)})
+        return self.add("linear", [r], {"out_features": self.draw(st.integers(1, 6))})
+
+
+@st.composite
+def graphs(draw, max_nodes=8):
+    data = draw(st.data())
+    c = draw(st.integers(1, 4))
+    h, w = draw(st.integers(4, 28)), draw(st.integers(4, 28))
+    b = GraphBuilder(data, c, h, w)
+    for _ in range(draw(st.integers(1, max_nodes))):
+        b.random_node()
+    if len(b.nodes) == 0:
+        b.add("relu", ["x"], {})
+    outputs = [b.nodes[-1].outputs[0]]
+    extra = [n.outputs[0] for n in b.nodes[:-1]]
+    if extra and draw(st.booleans()):
+        outputs.append(draw(st.sampled_from(extra)))
+    if draw(st.integers(0, 3)) == 0:
+        outputs.append(b.global_tail(b.pick()))
+    g = Graph(InputSpec("x", (1, c, h, w)), b.nodes, outputs)
+    check_graph(g)
+    return g
+
+
+@st.composite
+def frame_sequences(draw, shape, max_frames=5):
+    """A base frame and changes: random rectangles (borders included) and small noise."""
+    _, c, h, w = shape
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal(shape).astype(np.float32)
+    frames = [x]
+    for _ in range(draw(st.integers(1, max_frames))):
+        x = x.copy()
+        for _ in range(draw(st.integers(0, 3))):
+            y0, x0 = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))
+            y1, x1 = draw(st.integers(y0 + 1, h)), draw(st.integers(x0 + 1, w))
+            x[:, :, y0:y1, x0:x1] += rng.standard_normal((1, c, y1 - y0, x1 - x0)).astype(
+                np.float32)
+        if draw(st.booleans()):
+            x += (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        frames.append(x)
+    return frames
+
+
+def stream_settings():
+    return st.fixed_dictionaries({
+        "threshold": st.sampled_from([0.0, 0.0, 0.02, 0.3, 1.0]),
+        "detector": st.sampled_from(["pixel", "block"]),
+        "block": st.integers(1, 9),
+    })
+
+
+@given(data=st.data())
+def test_step_equals_run_of_reference_input(data):
+    g = data.draw(graphs())
+    frames = data.draw(frame_sequences(g.input.shape))
+    settings = data.draw(stream_settings())
+    n_threads = data.draw(st.sampled_from([1, 2]))
+    m_tile = data.draw(st.sampled_from([None, 1, 3, 16]))
+    model = Model(g, n_threads=n_threads, m_tile=m_tile)
+    s = model.stream(**settings)
+    for i, x in enumerate(frames):
+        y = s.step(x)
+        assert_close(y, model.run(s.reference_input), f"frame {i}")
+        if settings["threshold"] == 0.0:
+            assert_close(y, model.run(x), f"frame {i}, threshold 0")
+            np.testing.assert_array_equal(s.reference_input, x)
+    s.reset()
+    assert s.reference_input is None
+    y = s.step(frames[-1])
+    assert_close(y, model.run(frames[-1]), "after reset")
+    assert s.last_stats.macs == s.last_stats.dense_macs
+
+
+@given(data=st.data())
+def test_threads_and_tiles_do_not_change_stream_results(data):
+    g = data.draw(graphs())
+    frames = data.draw(frame_sequences(g.input.shape, max_frames=3))
+    settings = data.draw(stream_settings())
+    outs = []
+    for n_threads, m_tile in [(1, None), (2, None), (2, 2)]:
+        s = Model(g, n_threads=n_threads, m_tile=m_tile).stream(**settings)
+        outs.append([s.step(x) for x in frames])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert_close(a, b, "threads/tiles")
+
+
+def _small_model(n_threads=None):
+    rng = np.random.default_rng(0)
+
+    def conv(i, o, cin, cout, k, s=1):
+        p = k // 2
+        return Node(f"c{o}", "conv2d", [i], [o],
+                    {"out_channels": cout, "kernel": (k, k), "stride": (s, s),
+                     "pads": (p, p, p, p), "dilation": (1, 1), "activation": "relu"},
+                    {"weight": (rng.standard_normal((cout, cin, k, k)) * 0.3).astype(np.float32),
+                     "bias": rng.standard_normal(cout).astype(np.float32)})
+    g = Graph(InputSpec("x", (1, 3, 24, 32), preprocess=Preprocess(
+        scale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))), [
+        conv("x", "a", 3, 8, 3, 2), conv("a", "b", 8, 8, 3),
+        Node("p", "max_pool2d", ["b"], ["c"], {"kernel": (2, 2), "stride": (2, 2),
+                                                "pads": (0, 0, 0, 0), "dilation": (1, 1)}),
+        Node("u", "upsample_bilinear", ["c"], ["d"], {"size": (12, 16), "align_corners": 0,
+                                                      "scales": (0.5, 0.5)}),
+        Node("cat", "concat", ["b", "d"], ["e"], {}),
+        conv("e", "f", 16, 4, 1)], ["f"])
+    return Model(g, n_threads=n_threads)
+
+
+def _frames(n, seed=0, h=24, w=32):
+    from framedelta.scenes import fixed_camera_frames
+    return list(fixed_camera_frames(n, h, w, coverage=0.1, seed=seed, noise=3.0))
+
+
+def test_no_drift_over_2000_frames():
+    model = _small_model()
+    s = model.stream(threshold=4, detector="pixel")
+    frames = _frames(2000, seed=5)
+    for i, f in enumerate(frames):
+        y = s.step(f)
+        if i % 250 == 0 or i == len(frames) - 1:
+            assert_close(y, model.run(s.reference_input), f"frame {i}")
+    # the threshold really held changes back: the reference is not the last frame
+    assert not np.array_equal(s.reference_input, frames[-1])
+    assert np.abs(s.reference_input.astype(int) - frames[-1]).max() <= 4 + 0
+
+
+def test_uint8_frames_threshold_in_pixel_units():
+    model = _small_model()
+    s = model.stream(threshold=10)
+    f0 = _frames(1)[0]
+    s.step(f0)
+    f1 = f0.copy()
+    f1[3, 4] = np.clip(f1[3, 4].astype(int) + 10, 0, 255)      # at the threshold: unchanged
+    f1[5, 6, 1] = (int(f1[5, 6, 1]) + 60) % 256                  # one channel, far: changed
+    s.step(f1)
+    ref = s.reference_input
+    assert ref.dtype == np.uint8
+    np.testing.assert_array_equal(ref[3, 4], f0[3, 4])
+    np.testing.assert_array_equal(ref[5, 6], f1[5, 6])
+    assert s.last_stats.input_changed_fraction == pytest.approx(1 / (24 * 32))
+
+
+def test_block_detector_changes_whole_tiles_by_mean():
+    model = _small_model()
+    s = model.stream(threshold=5, detector="block", block=8)
+    f0 = _frames(1)[0]
+    s.step(f0)
+    f1 = f0.copy()
+    f1[0, 0] = 255 - f1[0, 0]            # one pixel: tile mean stays small -> unchanged
+    f1[8:16, 16:24] = 255 - f1[8:16, 16:24]   # a whole tile -> changed, all of it
+    s.step(f1)
+    ref = s.reference_input
+    np.testing.assert_array_equal(ref[0, 0], f0[0, 0])
+    np.testing.assert_array_equal(ref[8:16, 16:24], f1[8:16, 16:24])
+    assert s.last_stats.input_changed_fraction == pytest.approx(64 / (24 * 32))
+
+
+def test_nothing_changed_costs_nothing():
+    model = _small_model()
+    s = model.stream(threshold=0)
+    f = _frames(1)[0]
+    s.step(f)
+    s.step(f)
+    st_ = s.last_stats
+    assert st_.input_changed_fraction == 0 and st_.macs == 0 and st_.dense_macs > 0
+    assert all(n.active_fraction == 0 for n in st_.nodes)
+
+
+def test_two_streams_do_not_interfere():
+    model = _small_model()
+    a, b = model.stream(threshold=3), model.stream(threshold=3)
+    fa, fb = _frames(30, seed=1), _frames(30, seed=2)
+    for x, y in zip(fa, fb):
+        ya, yb = a.step(x), b.step(y)
+        assert_close(ya, model.run(a.reference_input), "stream a")
+        assert_close(yb, model.run(b.reference_input), "stream b")
+
+
+def test_two_streams_in_two_threads_give_sequential_results():
+    model = _small_model(n_threads=1)
+    seqs = [_frames(40, seed=3), _frames(40, seed=4)]
+    expected = []
+    for seq in seqs:
+        s = model.stream(threshold=2)
+        expected.append([s.step(f) for f in seq])
+    got = [None, None]
+
+    def work(k):
+        s = model.stream(threshold=2)
+        got[k] = [s.step(f) for f in seqs[k]]
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        for a, b in zip(got[k], expected[k]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bad_stream_arguments_and_frames():
+    model = _small_model()
+    for kw in ({"threshold": -1}, {"threshold": float("nan")}, {"detector": "optical"},
+               {"block": 0}):
+        with pytest.raises(ValueError):
+            model.stream(**kw)
+    s = model.stream()
+    with pytest.raises(ValueError, match="expected"):
+        s.step(np.zeros((24, 31, 3), np.uint8))
+    s.step(np.zeros((24, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="reset"):
+        s.step(np.zeros((1, 3, 24, 32), np.float32))
+
+
+def test_stats_and_cache_bytes():
+    model = _small_model()
+    s = model.stream(threshold=15)
+    for f in _frames(5):
+        s.step(f)
+    st_ = s.last_stats
+    assert 0 < st_.input_changed_fraction < 1
+    assert 0 < st_.macs < st_.dense_macs and st_.mac_ratio > 1
+    assert [n.name for n in st_.nodes] == [n.name for n in model.graph.nodes]
+    activations = sum(np.prod(model.shapes[t]) * 4 for n in model.graph.nodes
+                      for t in n.outputs)
+    assert activations <= s.cache_bytes <= 1.5 * activations + 3 * 24 * 32 * 8
