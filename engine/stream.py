@@ -83,6 +83,8 @@ class Stream:
         self._ref_frame = None                            # uint8 reference, frame streams
         self._diff = np.empty((h, w), np.float32)
         self.last_stats = None
+        self.last_change_mask = None      # bool (H, W): what the detector counted changed
+        self._last_masks = {}
         self.reset()
 
     # --- public ----------------------------------------------------------------
@@ -134,11 +136,29 @@ class Stream:
                 stats = self._run_nodes(changed)
         stats.input_changed_fraction = (1.0 if changed is None
                                         else float(np.count_nonzero(changed)) / changed.size)
+        self.last_change_mask = changed
         stats.seconds = time.perf_counter() - t0
         self.last_stats = stats
         outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
                      for t in self.model.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
+
+    def dirty_mask(self, node_name):
+        """The output positions ``node_name`` recomputed in the last step (bool (OH, OW)),
+        or None after a dense step."""
+        for step in self._plan:
+            if step.node.name == node_name:
+                m = self._last_masks.get(step.node.outputs[0])
+                return None if m is None else m.astype(bool)
+        raise KeyError(f"no node named {node_name!r}")
+
+    def deepest_dirty_mask(self):
+        """dirty_mask of the last node with a spatial output smaller than the input
+        (where the receptive fields are widest), or None."""
+        for step in reversed(self._plan):
+            if step.rule is not None and step.mask_shape != (1, 1):
+                return self.dirty_mask(step.node.name)
+        return None
 
     # --- detection --------------------------------------------------------------
 
@@ -232,6 +252,7 @@ class Stream:
             macs += int(round(step.macs * computed))
             node_stats.append(NodeStats(node.name, node.op, computed,
                                         time.perf_counter() - t0, dense and frac > 0))
+        self._last_masks = masks
         return StepStats(0.0, macs, dense_macs, 0.0, node_stats)
 
     def _propagate(self, step, masks):

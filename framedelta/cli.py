@@ -1,15 +1,15 @@
-"""The `framedelta` command line: convert, info, demo.
+"""The `framedelta` command line: convert, info, run, demo.
 
     framedelta convert net.pt2 -o net.h5
     framedelta convert pkg.module:factory --weights ckpt.pth --input-shape 1,3,360,480 -o net.h5
     framedelta info net.h5
+    framedelta run net.h5 clip.mp4 --threshold 8 --detector block
     framedelta demo [--video clip.mp4] [--frames 30]
 """
 
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,32 +72,94 @@ def cmd_info(args):
     print(format_table(read_model(args.model), args.model))
 
 
-def _timed(fn, x):
-    t = time.perf_counter()
-    y = fn(x)
-    return y, time.perf_counter() - t
+def _load_frames(video, n_frames, size=(360, 480), coverage=0.03):
+    from .scenes import fixed_camera_frames, video_frames
+    if video:
+        frames = list(video_frames(video, n_frames))
+        if not frames:
+            raise ValueError(f"no frames could be read from {video}")
+        return frames, str(video)
+    h, w = size
+    return (list(fixed_camera_frames(n_frames, h, w, coverage=coverage, seed=0)),
+            f"the bundled synthetic fixed-camera scene ({h}x{w}, {100 * coverage:g}% moving)")
+
+
+def _print_report(report, per_node=False):
+    print(report.format())
+    if per_node:
+        print()
+        print(report.node_table())
+
+
+class _RegionVideo:
+    """Writes each frame with the recomputed regions drawn over it (needs OpenCV).
+
+    Red: input pixels the detector counted as changed. Blue: positions recomputed in
+    the deepest spatial layer, scaled to the frame.
+    """
+
+    def __init__(self, path, fps=10.0):
+        import cv2
+        self.cv2, self.path, self.fps, self.writer = cv2, str(path), fps, None
+
+    def __call__(self, frame, stream):
+        cv2 = self.cv2
+        if self.writer is None:
+            h, w = frame.shape[:2]
+            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"),
+                                          self.fps, (w, h))
+        img = frame.copy()
+        deep = stream.deepest_dirty_mask()
+        if deep is not None:
+            big = cv2.resize(deep, (img.shape[1], img.shape[0]),
+                             interpolation=cv2.INTER_NEAREST).astype(bool)
+            img[big] = (0.6 * img[big] + 0.4 * np.array([255, 80, 0])).astype(np.uint8)
+        changed = stream.last_change_mask
+        if changed is not None:
+            img[changed] = (0.4 * img[changed] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
+        self.writer.write(img)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+
+
+def cmd_run(args):
+    """Stream a video through a model, dense and incremental, and report the savings."""
+    from . import load
+    model = load(args.model, n_threads=args.threads)
+    if not model.takes_frames:
+        raise ValueError(f"{args.model} declares no image preprocessing, so it cannot take "
+                         "video frames: convert it with --frames-in")
+    frames, source = _load_frames(args.video, args.frames)
+    print(f"{args.model} on {len(frames)} frames of {source}: detector {args.detector}"
+          f"{f' {args.block}' if args.detector == 'block' else ''}, threshold "
+          f"{args.threshold:g}, {model.n_threads} threads")
+    out = _RegionVideo(args.out_video) if args.out_video else None
+    try:
+        from .runner import compare_on_frames
+        report = compare_on_frames(model, frames, args.threshold, args.detector, args.block,
+                                   on_step=out)
+    finally:
+        if out is not None:
+            out.close()
+    _print_report(report, per_node=True)
+    if out is not None:
+        print(f"wrote {args.out_video}")
+    return 0
 
 
 def cmd_demo(args):
-    """The README's main job: convert a bundled model, run it on a clip, compare speed."""
+    """The README's main job: convert a bundled model, run it on a clip, show the speed-up."""
     import torch
-    from tqdm import tqdm
 
     from . import convert, load
     from .converters.zoo import ZOO
     from .formats import Preprocess
-    from .scenes import fixed_camera_frames, video_frames
+    from .runner import compare_on_frames
 
     torch.set_num_threads(args.threads)
-    if args.video:
-        frames = list(video_frames(args.video, args.frames))
-        if not frames:
-            raise SystemExit(f"framedelta demo: no frames could be read from {args.video}")
-        source = args.video
-    else:
-        h, w = args.size
-        frames = list(fixed_camera_frames(args.frames, h, w, coverage=0.03, seed=0))
-        source = f"the bundled synthetic fixed-camera scene ({h}x{w}, 3% moving)"
+    frames, source = _load_frames(args.video, args.frames, args.size)
     h, w = frames[0].shape[:2]
     net = ZOO[args.model]()
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,29 +167,25 @@ def cmd_demo(args):
         print(f"converting {args.model} (plain PyTorch, random weights) for 1x3x{h}x{w} ...")
         convert(net, torch.rand(1, 3, h, w), path, preprocess=Preprocess(**IMAGENET))
         model = load(path, n_threads=args.threads)
-    print(f"running on {len(frames)} frames of {source}, {args.threads} threads")
+    print(f"running on {len(frames)} frames of {source}, {model.n_threads} threads, "
+          f"detector {args.detector} 16, threshold {args.threshold:g}")
     mean = torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET["std"]).view(1, 3, 1, 1)
-    fd_times, torch_times, worst = [], [], 0.0
-    with torch.no_grad():
-        for frame in tqdm(frames, unit="frame"):
-            y, dt = _timed(model.run, frame)
-            fd_times.append(dt)
-            x = torch.from_numpy(np.ascontiguousarray(frame[..., ::-1])).permute(2, 0, 1)[None]
-            x = (x.float() / 255.0 - mean) / std
-            yt, dt = _timed(net, x)
-            torch_times.append(dt)
-            yt = yt.numpy()
-            worst = max(worst, float(np.abs(y - yt).max() / (1 + np.abs(yt).max())))
-    fd_ms = 1e3 * float(np.median(fd_times[1:] or fd_times))
-    torch_ms = 1e3 * float(np.median(torch_times[1:] or torch_times))
-    print(f"framedelta dense : {fd_ms:8.1f} ms/frame (median)")
-    print(f"PyTorch eager    : {torch_ms:8.1f} ms/frame (median)")
-    print(f"speed-up vs PyTorch: {torch_ms / fd_ms:.2f}x   "
-          f"max relative difference to PyTorch: {worst:.2e}")
-    print("(incremental execution, which recomputes only what changed, is the next step)")
-    if worst > 1e-4:
-        print("error: framedelta and PyTorch disagree", file=sys.stderr)
+
+    def torch_eager(frame):
+        x = torch.from_numpy(np.ascontiguousarray(frame[..., ::-1])).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            return net((x.float() / 255.0 - mean) / std)
+
+    # the dense engine must agree with PyTorch before any speed is worth printing
+    y, yt = model.run(frames[0]), torch_eager(frames[0]).numpy()
+    worst = float(np.abs(y - yt).max() / (1 + np.abs(yt).max()))
+    report = compare_on_frames(model, frames, args.threshold, args.detector, 16,
+                               extra={"PyTorch": torch_eager})
+    _print_report(report)
+    print(f"dense vs PyTorch       : max relative difference {worst:.2e}")
+    if worst > 1e-4 or report.max_deviation > 1e-4:
+        print("error: results disagree", file=sys.stderr)
         return 1
     return 0
 
@@ -154,13 +212,27 @@ def build_parser():
     i.add_argument("model")
     i.set_defaults(func=cmd_info)
 
+    r = sub.add_parser("run", help="stream a video through a model: dense vs incremental")
+    r.add_argument("model")
+    r.add_argument("video")
+    r.add_argument("--threshold", type=float, default=8.0,
+                   help="change threshold in pixel units (default 8)")
+    r.add_argument("--detector", choices=["pixel", "block"], default="block")
+    r.add_argument("--block", type=int, default=16, help="tile size of the block detector")
+    r.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    r.add_argument("--threads", type=int, default=None, help="default: all cores")
+    r.add_argument("--out-video", help="write the frames with the recomputed regions drawn")
+    r.set_defaults(func=cmd_run)
+
     d = sub.add_parser("demo", help="convert a bundled model and run it on a clip")
     d.add_argument("--model", default="unet", choices=["unet", "resnet18", "mobilenet_v2"])
     d.add_argument("--video", help="a video file instead of the bundled synthetic scene")
-    d.add_argument("--frames", type=int, default=20, help="frames to run (default 20)")
+    d.add_argument("--frames", type=int, default=30, help="frames to run (default 30)")
     d.add_argument("--size", type=_size, default=(360, 480),
                    help="HxW of the synthetic scene (default 360x480)")
     d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--threshold", type=float, default=8.0)
+    d.add_argument("--detector", choices=["pixel", "block"], default="block")
     d.add_argument("--out", help="keep the converted model file here")
     d.set_defaults(func=cmd_demo)
     return p

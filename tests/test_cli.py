@@ -88,3 +88,37 @@ def test_demo_runs_and_reports_speed():
     r = _cli("demo", "--frames", "3", "--size", "48x64", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "speed-up vs PyTorch" in r.stdout and "ms/frame" in r.stdout
+
+
+def test_run_on_vtest_dense_vs_incremental(tmp_path, vtest_path):
+    pytest.importorskip("cv2")
+    from framedelta.converters.zoo import unet
+    from framedelta.formats import Preprocess
+    net = unet(widths=(8, 16, 32, 64)).eval()
+    model_path = tmp_path / "unet.h5"
+    fd.convert(net, torch.rand(1, 3, 360, 480), model_path,
+               preprocess=Preprocess(scale=1 / 255, mean=(0.5,) * 3, std=(0.25,) * 3))
+    out_video = tmp_path / "regions.mp4"
+    r = _cli("run", model_path, vtest_path, "--frames", "6", "--threads", "2",
+             "--out-video", out_video)
+    assert r.returncode == 0, r.stderr
+    for needle in ("incremental", "speed-up vs dense", "MAC-count bound", "active %",
+                   "max deviation"):
+        assert needle in r.stdout
+    dev = float(r.stdout.split("max deviation")[1].split(":")[1].split()[0])
+    assert dev <= 1e-5
+    import cv2
+    cap = cv2.VideoCapture(str(out_video))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 6
+
+
+def test_run_refuses_a_model_without_preprocessing(tmp_path):
+    from framedelta.converters.zoo import unet
+    net = unet(widths=(8, 16, 32, 64)).eval()
+    model_path = tmp_path / "plain.h5"
+    fd.convert(net, torch.rand(1, 3, 32, 32), model_path)
+    video = tmp_path / "missing.avi"
+    assert main(["run", str(model_path), str(video)]) == 2
