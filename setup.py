@@ -72,7 +72,7 @@ def extensions():
     exts = [Extension(
         f"framedelta.engine.{name}",
         [f"engine/{name}.pyx"],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "engine"],
         extra_compile_args=compile_args,
         extra_link_args=omp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

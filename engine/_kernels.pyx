@@ -7,10 +7,10 @@ so results never depend on the number of threads: work is split into pieces whos
 boundaries depend only on the shapes (and the tile size the caller passes), never
 on ``n_threads``, and each output element is computed by exactly one piece.
 
-Convolution is im2col + sgemm (scipy's cython_blas, i.e. the OpenBLAS scipy ships)
-on tiles of output pixels, with bias and activation applied to each tile while it is
-still in cache. OpenBLAS must be held to one thread while these run (the engine does
-it with threadpoolctl): our OpenMP threads already use every core.
+Convolution and linear are im2col + our own sgemm microkernel (engine/gemm.h) on tiles
+of output pixels, with bias and activation fused in the kernel's store. Each output
+element is computed with the same arithmetic in the same order whatever the tile, so
+a layer computed on a subset of rows is bit-identical to the dense result.
 """
 
 cimport cython
@@ -19,7 +19,6 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from libc.string cimport memcpy, memset
-from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from *:
     """
@@ -65,102 +64,149 @@ cdef inline float _act(float v, int act, float lo, float hi) noexcept nogil:
 
 # --- convolution -----------------------------------------------------------------
 
+cdef extern from "gemm.h" nogil:
+    enum: FD_NR
+    size_t fd_packed_size(int K, int N)
+    void fd_pack_b(const float *B, int K, int N, int ldb, float *packed)
+    void fd_gemm_bias_act_cols(int M, int N, int K, const float *A, int lda,
+                               const float *Bp, int n0, int n1, const float *bias,
+                               float *C, int ldc, int act, float lo, float hi)
+    void fd_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *Bp,
+                          const float *bias, float *C, int ldc, int act, float lo, float hi)
+
+
+def gemm_panel_width():
+    """Columns per packed-B panel (FD_NR): column splits must fall on multiples of it."""
+    return FD_NR
+
+
+def gemm_packed_size(int K, int N):
+    """Floats that fd_pack_b writes for a K x N matrix."""
+    return fd_packed_size(K, N)
+
+
+def gemm_pack(const float[:, ::1] b, float[::1] out):
+    """Pack a row-major (K, N) matrix for fd_gemm_bias_act into ``out``
+    (gemm_packed_size(K, N) floats; see engine/gemm.h for the layout)."""
+    cdef int K = b.shape[0], N = b.shape[1]
+    if K < 1 or N < 1 or <size_t>out.shape[0] != fd_packed_size(K, N):
+        raise ValueError("gemm_pack: inconsistent shapes")
+    with nogil:
+        fd_pack_b(&b[0, 0], K, N, N, &out[0])
+
+
 cdef void _im2col(const float* x, int H, int W, int Cin, int cin0, int cin_g,
                   int OW, int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
                   int m0, int mr, float* buf) noexcept nogil:
     """Rows m0..m0+mr of the im2col matrix of one group: (kh, kw, cin_g) per row."""
-    cdef int r, i, j, oy, ox, iy, ix
+    cdef int r, i, j, c, oy, ox, iy, ix, ix0
     cdef int K = kh * kw * cin_g
+    cdef int run = kw * cin_g
+    cdef bint rows_contiguous = dw == 1 and cin_g == Cin
     cdef float* dst
+    cdef const float* src
     for r in range(mr):
         oy = (m0 + r) // OW
         ox = (m0 + r) % OW
         dst = buf + <Py_ssize_t>r * K
+        ix0 = ox * sw - pl
         for i in range(kh):
             iy = oy * sh - pt + i * dh
+            if iy < 0 or iy >= H:
+                memset(dst, 0, run * sizeof(float))
+                dst += run
+                continue
+            src = x + (<Py_ssize_t>iy * W) * Cin + cin0
+            if rows_contiguous and ix0 >= 0 and ix0 + kw <= W:
+                # the kw taps of this row are one run of kw * Cin floats
+                memcpy(dst, src + <Py_ssize_t>ix0 * Cin, run * sizeof(float))
+                dst += run
+                continue
             for j in range(kw):
-                ix = ox * sw - pl + j * dw
-                if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                    memset(dst, 0, cin_g * sizeof(float))
+                ix = ix0 + j * dw
+                if ix < 0 or ix >= W:
+                    for c in range(cin_g):
+                        dst[c] = 0
+                elif cin_g <= 8:
+                    for c in range(cin_g):
+                        dst[c] = src[<Py_ssize_t>ix * Cin + c]
                 else:
-                    memcpy(dst, x + (<Py_ssize_t>iy * W + ix) * Cin + cin0,
-                           cin_g * sizeof(float))
+                    memcpy(dst, src + <Py_ssize_t>ix * Cin, cin_g * sizeof(float))
                 dst += cin_g
 
 
-cdef void _bias_act(float* c, int ldc, int mr, int nc, const float* bias,
-                    int act, float lo, float hi) noexcept nogil:
-    cdef int r, n
-    cdef float* row
-    for r in range(mr):
-        row = c + <Py_ssize_t>r * ldc
-        for n in range(nc):
-            row[n] = _act(row[n] + bias[n], act, lo, hi)
-
-
-def conv2d(const float[:, :, ::1] x, const float[:, :, ::1] w, const float[::1] bias,
+def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
            float[:, :, ::1] out, int kh, int kw, int sh, int sw, int pt, int pl,
            int dh, int dw, int act, float act_min, float act_max,
            int m_tile, int n_split, int n_threads):
-    """Convolution of one image, im2col + sgemm per tile of output pixels.
+    """Convolution of one image: im2col + fd_gemm_bias_act per tile of output pixels.
 
     x        in   (H, W, Cin)
-    w        in   (groups, KH*KW*Cin/groups, Cout/groups), from pack_conv_weight
+    w        in   (groups, gemm_packed_size(KH*KW*Cin/groups, Cout/groups)), from
+                  pack_conv_weight_gemm: each group's (KH*KW*Cin/g, Cout/g) matrix packed
     bias     in   (Cout,)
     out      out  (OH, OW, Cout), every element written
-    m_tile   output pixels per sgemm call (the im2col buffer is m_tile x K floats)
-    n_split  column blocks of Cout/groups per tile (parallelism when pixels are few)
+    m_tile   output pixels per tile (the im2col buffer is m_tile x K floats)
+    n_split  column blocks of Cout/groups per tile (parallelism when pixels are few);
+             blocks are whole packed panels
+    A 1x1 stride-1 unpadded convolution reads its rows straight from x (lda = Cin).
+    Bias and activation are applied in the kernel's store. Each output element is
+    computed by the same code whatever the tiling (see gemm.h).
     """
     cdef int H = x.shape[0], W = x.shape[1], Cin = x.shape[2]
-    cdef int G = w.shape[0], K = w.shape[1], N = w.shape[2]
     cdef int OH = out.shape[0], OW = out.shape[1], Cout = out.shape[2]
+    cdef int G = w.shape[0]
+    if G < 1 or Cin % G or Cout % G:
+        raise ValueError("conv2d: inconsistent shapes")
     cdef int cin_g = Cin // G
-    if G * N != Cout or K != kh * kw * cin_g or bias.shape[0] != Cout or Cin % G:
+    cdef int K = kh * kw * cin_g, N = Cout // G
+    if (K < 1 or N < 1 or <size_t>w.shape[1] != fd_packed_size(K, N)
+            or bias.shape[0] != Cout):
         raise ValueError("conv2d: inconsistent shapes")
     cdef int M = OH * OW
+    if M == 0:
+        return
     cdef int mt = max(1, min(m_tile, M))
     cdef int n_mt = (M + mt - 1) // mt
-    cdef int ns = max(1, min(n_split, N))
-    cdef int nb = (N + ns - 1) // ns
+    cdef int n_panels = (N + FD_NR - 1) // FD_NR
+    cdef int ns = max(1, min(n_split, n_panels))
+    cdef int nb = ((n_panels + ns - 1) // ns) * FD_NR
+    ns = (N + nb - 1) // nb
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0
                         and pl == 0 and OH == H and OW == W)
     cdef const float* xp = &x[0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0]
+    cdef const float* wp = &w[0, 0]
+    cdef Py_ssize_t wstride = w.shape[1]
     cdef const float* bp = &bias[0]
     cdef float* op = &out[0, 0, 0]
     cdef Py_ssize_t item
-    cdef int g, m0, mr, n0, nc, lda, split
-    cdef float* a
-    cdef float one = 1.0, zero = 0.0
-    cdef char* tr = b"N"
+    cdef int g, m0, mr, n0, n1, lda, split
+    cdef const float* a
+    cdef float* buf
     n_threads = max(1, n_threads)
     # one im2col buffer per thread, allocated here so that failure is a MemoryError
     cdef float[:, ::1] bufs = np.empty((n_threads, 1 if direct else <Py_ssize_t>mt * K),
                                        np.float32)
     with nogil, parallel(num_threads=n_threads):
-        for item in prange(<Py_ssize_t>n_mt * ns, schedule="static"):
+        for item in prange(<Py_ssize_t>n_mt * ns, schedule="dynamic"):
             m0 = <int>(item // ns) * mt
             split = <int>(item % ns)
             mr = min(mt, M - m0)
             n0 = split * nb
-            nc = min(nb, N - n0)
-            if nc <= 0:
-                continue
+            n1 = min(N, n0 + nb)
             for g in range(G):
                 if direct:
-                    a = <float*>xp + <Py_ssize_t>m0 * Cin + g * cin_g
+                    a = xp + <Py_ssize_t>m0 * Cin + g * cin_g
                     lda = Cin
                 else:
-                    a = &bufs[threadid(), 0]
+                    buf = &bufs[threadid(), 0]
                     _im2col(xp, H, W, Cin, g * cin_g, cin_g, OW, kh, kw, sh, sw, pt, pl,
-                            dh, dw, m0, mr, a)
+                            dh, dw, m0, mr, buf)
+                    a = buf
                     lda = K
-                # row-major C = A.B is column-major C^T = B^T.A^T
-                sgemm(tr, tr, &nc, &mr, &K, &one,
-                      <float*>wp + <Py_ssize_t>g * K * N + n0, &N, a, &lda, &zero,
-                      op + <Py_ssize_t>m0 * Cout + g * N + n0, &Cout)
-                _bias_act(op + <Py_ssize_t>m0 * Cout + g * N + n0, Cout, mr, nc,
-                          bp + g * N + n0, act, act_min, act_max)
+                fd_gemm_bias_act_cols(mr, N, K, a, lda, wp + g * wstride, n0, n1,
+                                      bp + g * N, op + <Py_ssize_t>m0 * Cout + g * N, Cout,
+                                      act, act_min, act_max)
 
 
 def depthwise_conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
@@ -412,21 +458,20 @@ def bilinear(const float[:, :, ::1] x, const int[:, ::1] ys, const float[:, ::1]
 
 # --- vectors ---------------------------------------------------------------------
 
-def linear(const float[::1] x, const float[:, ::1] w, const float[::1] bias, float[::1] out):
-    """out = w @ x + bias.
+def linear(const float[::1] x, const float[::1] w, const float[::1] bias,
+           float[::1] out, int n_threads):
+    """out = w @ x + bias, with the gemm kernel (one row).
 
-    x in (F,); w in (O, F) torch layout; out out (O,).
+    x in (F,); w in (gemm_packed_size(F, O),): the (F, O) matrix w.T packed
+    (pack_linear_weight); out out (O,). Column blocks of 128 run in parallel.
     """
-    cdef int F = x.shape[0], O = w.shape[0]
-    if w.shape[1] != F or bias.shape[0] != O or out.shape[0] != O:
+    cdef int F = x.shape[0], O = out.shape[0]
+    if (<size_t>w.shape[0] != fd_packed_size(F, O) or bias.shape[0] != O):
         raise ValueError("linear: inconsistent shapes")
-    cdef int one_i = 1, o
-    cdef float one = 1.0, zero = 0.0
-    cdef char* tt = b"T"
-    cdef char* tn = b"N"
-    with nogil:
-        # (O, F) row-major is (F, O) column-major: y = op(A)^T x with trans 'T'
-        sgemm(tt, tn, &O, &one_i, &F, &one, <float*>&w[0, 0], &F, <float*>&x[0], &F,
-              &zero, &out[0], &O)
-        for o in range(O):
-            out[o] = out[o] + bias[o]
+    cdef int nb = 4 * FD_NR
+    cdef int nblk = (O + nb - 1) // nb
+    cdef int blk
+    n_threads = max(1, min(n_threads, nblk))
+    for blk in prange(nblk, nogil=True, num_threads=n_threads, schedule="static"):
+        fd_gemm_bias_act_cols(1, O, F, &x[0], F, &w[0], blk * nb, min(O, blk * nb + nb),
+                              &bias[0], &out[0], O, ACT_NONE, 0, 0)

@@ -15,24 +15,30 @@ from .layout import to_internal, to_torch
 
 ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2}
 
-# Conv tiling: an im2col tile of about this many bytes stays in L2 while sgemm reads it.
+# Conv tiling: an im2col tile of about this many bytes stays in L2 while the gemm reads it
+# (several times over, once per 32-column panel of the weights).
 IM2COL_TILE_BYTES = 512 * 1024
-MIN_M_TILE, MAX_M_TILE = 32, 256
+MIN_M_TILE, MAX_M_TILE = 48, 288
+M_TILE_ALIGN = 12      # the gemm kernel's register block (FD_MR rows)
 # Aim for at least this many independent pieces per conv so both cores stay busy even
 # when a layer has few pixels; fixed (not n_threads) so results do not depend on threads.
 MIN_PIECES = 8
 
 
 def conv_tiling(m, k, n, groups, m_tile=None):
-    """(m_tile, n_split) for an (m x k) . (k x n) product per group."""
+    """(m_tile, n_split) for an (m x k) . (k x n) product per group.
+
+    n_split is in 32-column panels of the packed weights (the kernel rounds blocks up to
+    whole panels). Results never depend on either: each element is computed alike.
+    """
     if m_tile is None:
         m_tile = IM2COL_TILE_BYTES // (4 * k)
-        m_tile = max(MIN_M_TILE, min(MAX_M_TILE, m_tile // 8 * 8))
+        m_tile = max(MIN_M_TILE, min(MAX_M_TILE, m_tile // M_TILE_ALIGN * M_TILE_ALIGN))
     n_mt = -(-m // m_tile)
     n_split = 1
     if groups == 1 and n_mt < MIN_PIECES:
-        # few pixels (deep layers): also split the output channels, in blocks of 16
-        n_split = max(1, min(-(-MIN_PIECES // n_mt), n // 16))
+        # few pixels (deep layers): also split the output channels, in whole panels
+        n_split = max(1, min(-(-MIN_PIECES // n_mt), -(-n // 32)))
     return m_tile, n_split
 
 
@@ -58,6 +64,37 @@ def pack_conv_weight(w, groups):
                                                                    cout // groups))
 
 
+def _aligned_empty(n, align=64):
+    """float32 (n,) whose data starts on an ``align``-byte boundary (whole cache lines)."""
+    raw = np.empty(n + align // 4, np.float32)
+    off = (-raw.ctypes.data % align) // 4
+    return raw[off:off + n]
+
+
+def gemm_pack(b):
+    """A (K, N) matrix packed for the gemm kernel (engine/gemm.h), cache-line aligned."""
+    b = np.ascontiguousarray(b, np.float32)
+    out = _aligned_empty(K.gemm_packed_size(*b.shape))
+    K.gemm_pack(b, out)
+    return out
+
+
+def pack_conv_weight_gemm(w, groups):
+    """(Cout, Cin/g, KH, KW) torch layout -> (g, gemm_packed_size(KH*KW*Cin/g, Cout/g)):
+    each group's pack_conv_weight matrix packed for fd_gemm_bias_act."""
+    wm = pack_conv_weight(w, groups)
+    size = K.gemm_packed_size(wm.shape[1], wm.shape[2])
+    out = _aligned_empty(groups * size).reshape(groups, size)
+    for g in range(groups):
+        K.gemm_pack(wm[g], out[g])
+    return out
+
+
+def pack_linear_weight(w):
+    """(O, F) torch layout -> the (F, O) matrix w.T packed for the gemm kernel."""
+    return gemm_pack(np.asarray(w, np.float32).T)
+
+
 def pack_depthwise_weight(w):
     """(C, 1, KH, KW) -> (KH*KW, C): the taps of one position, channels contiguous."""
     c, _, kh, kw = w.shape
@@ -76,9 +113,10 @@ def prepare_conv2d(node, attrs, in_shapes, out_shape, m_tile=None):
         return run
 
     g = attrs["groups"]
-    w = pack_conv_weight(node.weights["weight"], g)
+    cout, cin_g = node.weights["weight"].shape[:2]
+    w = pack_conv_weight_gemm(node.weights["weight"], g)
     m = out_shape[2] * out_shape[3]
-    mt, ns = conv_tiling(m, w.shape[1], w.shape[2], g, m_tile)
+    mt, ns = conv_tiling(m, kh * kw * cin_g, cout // g, g, m_tile)
 
     def run(inputs, out, n_threads):
         K.conv2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi,
@@ -193,11 +231,11 @@ def prepare_upsample_bilinear(node, attrs, in_shapes, out_shape):
 
 
 def prepare_linear(node, attrs, in_shapes, out_shape):
-    w = np.ascontiguousarray(node.weights["weight"], np.float32)
+    w = pack_linear_weight(node.weights["weight"])
     b = np.ascontiguousarray(node.weights["bias"], np.float32)
 
     def run(inputs, out, n_threads):
-        K.linear(inputs[0], w, b, out)
+        K.linear(inputs[0], w, b, out, n_threads)
     return run
 
 
