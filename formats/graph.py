@@ -13,8 +13,8 @@ import numpy as np
 
 from framedelta.errors import ModelFormatError
 
-from .ops import (MAX_DIM, MAX_NODES, MAX_NUMEL, OPS, SchemaError, check_attr_value,
-                  resolve_attrs)
+from .ops import (MAX_DIM, MAX_NAME_LEN, MAX_NODES, MAX_NUMEL, MAX_TEXT_LEN, OPS,
+                  SchemaError, check_attr_value, resolve_attrs)
 
 
 @dataclass
@@ -74,12 +74,41 @@ def _check_shape(path, node, field, shape):
         _fail(path, node, field, f"{tuple(shape)} has more than {MAX_NUMEL} elements")
 
 
+def _check_text(path, node, field, value, limit, empty_ok):
+    # HDF5 strings end at the first NUL: a name holding one would not survive the file
+    if not isinstance(value, str):
+        _fail(path, node, field, f"must be a string, got {type(value).__name__}")
+    if not value and not empty_ok:
+        _fail(path, node, field, "must not be empty")
+    if "\0" in value:
+        _fail(path, node, field, f"must not contain NUL characters: {value!r}")
+    try:
+        n = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        _fail(path, node, field, f"is not encodable as UTF-8: {value!r}")
+    if n > limit:
+        _fail(path, node, field, f"is {n} bytes long in UTF-8, the limit is {limit}")
+
+
+def _name(path, node, field, value):
+    _check_text(path, node, field, value, MAX_NAME_LEN, empty_ok=False)
+
+
+def _attr_field(node, schema, field):
+    """SchemaError names the bare attribute; ModelFormatError says where it lives."""
+    if field in schema.attrs or field in node.attrs:
+        return f"attrs/{field}"
+    return field
+
+
 def check_graph(graph, path=None):
     """Check every graph-level rule; return {tensor name: shape} (torch layout).
 
     Raises ModelFormatError naming ``path``, the node and the field at fault.
     """
     spec = graph.input
+    _check_text(path, None, "producer", graph.producer, MAX_TEXT_LEN, empty_ok=True)
+    _name(path, None, "input.name", spec.name)
     if len(spec.shape) != 4 or spec.shape[0] != 1:
         _fail(path, None, "input.shape", f"must be (1, C, H, W), got {tuple(spec.shape)}")
     _check_shape(path, None, "input.shape", spec.shape)
@@ -95,6 +124,8 @@ def check_graph(graph, path=None):
             _fail(path, None, "input.mean", f"must be 3 finite values, got {p.mean}")
         if len(p.std) != 3 or not all(math.isfinite(s) and s > 0 for s in p.std):
             _fail(path, None, "input.std", f"must be 3 finite positive values, got {p.std}")
+        if not isinstance(p.bgr_to_rgb, (bool, np.bool_)):
+            _fail(path, None, "input.bgr_to_rgb", f"must be a bool, got {p.bgr_to_rgb!r}")
     if len(graph.nodes) > MAX_NODES:
         _fail(path, None, "nodes", f"{len(graph.nodes)} nodes exceed the limit {MAX_NODES}")
     if not graph.nodes:
@@ -104,20 +135,23 @@ def check_graph(graph, path=None):
     names = set()
     for node in graph.nodes:
         nm = node.name
-        if not nm or nm in names:
-            _fail(path, nm, "name", "node names must be non-empty and unique")
+        _name(path, nm, "name", nm)
+        if nm in names:
+            _fail(path, nm, "name", f"node name {nm!r} is used twice")
         names.add(nm)
         schema = OPS.get(node.op)
         if schema is None:
             _fail(path, nm, "op", f"unknown op {node.op!r}")
+        _check_text(path, nm, "source", node.source, MAX_TEXT_LEN, empty_ok=True)
         lo, hi = schema.inputs
-        if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
-            _fail(path, nm, "inputs", f"op {node.op!r} takes {lo}..{hi or 'any'} inputs, "
+        if len(node.inputs) < lo or len(node.inputs) > (hi or MAX_NODES):
+            _fail(path, nm, "inputs", f"op {node.op!r} takes {lo}..{hi or MAX_NODES} inputs, "
                   f"got {len(node.inputs)}")
         if len(node.outputs) != schema.outputs:
             _fail(path, nm, "outputs", f"op {node.op!r} has {schema.outputs} output(s), "
                   f"got {len(node.outputs)}")
         for t in node.inputs:
+            _name(path, nm, "inputs", t)
             if t not in shapes:
                 # either dangling or produced later: both break the stored order
                 _fail(path, nm, "inputs", f"tensor {t!r} is not produced by any earlier node "
@@ -129,7 +163,7 @@ def check_graph(graph, path=None):
             in_shapes = [shapes[t] for t in node.inputs]
             want = schema.weights(attrs, in_shapes)
         except SchemaError as e:
-            _fail(path, nm, e.field, str(e))
+            _fail(path, nm, _attr_field(node, schema, e.field), str(e))
         extra = set(node.weights) - set(want)
         if extra:
             _fail(path, nm, f"weights/{sorted(extra)[0]}", f"unexpected dataset for op {node.op!r}")
@@ -146,8 +180,9 @@ def check_graph(graph, path=None):
         try:
             out_shapes = schema.infer(attrs, in_shapes)
         except SchemaError as e:
-            _fail(path, nm, e.field, str(e))
+            _fail(path, nm, _attr_field(node, schema, e.field), str(e))
         for t, s in zip(node.outputs, out_shapes):
+            _name(path, nm, "outputs", t)
             if t in shapes:
                 _fail(path, nm, "outputs", f"tensor {t!r} is produced twice")
             _check_shape(path, nm, "outputs", s)

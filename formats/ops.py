@@ -21,6 +21,8 @@ MAX_NODES = 1 << 16
 MAX_RANK = 6
 MAX_KERNEL = 1 << 10
 MAX_STRIDE = 1 << 10
+MAX_NAME_LEN = 1 << 10       # UTF-8 bytes of a node or tensor name
+MAX_TEXT_LEN = 1 << 16       # UTF-8 bytes of free text (producer, a node's source)
 
 
 class SchemaError(ValueError):
