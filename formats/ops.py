@@ -110,13 +110,14 @@ def window_out(size, k, s, p0, p1, d, ceil_mode=False):
     return span // s + 1
 
 
-def _window_shape(attrs, shape, ceil_mode=False):
+def _window_shape(attrs, shape, ceil_mode=False, pads_inside=True):
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     pt, pl, pb, pr = attrs["pads"]
     dh, dw = attrs["dilation"]
-    if max(pt, pb) >= dh * (kh - 1) + 1 or max(pl, pr) >= dw * (kw - 1) + 1:
-        # a window made of padding alone has no input to read
+    if pads_inside and (max(pt, pb) >= dh * (kh - 1) + 1 or max(pl, pr) >= dw * (kw - 1) + 1):
+        # a pooling window made of padding alone has no input to read (torch forbids
+        # it); a convolution window in the padding is just the bias
         raise SchemaError("pads", f"padding {attrs['pads']} is not smaller than the kernel extent")
     oh = window_out(shape[2], kh, sh, pt, pb, dh, ceil_mode)
     ow = window_out(shape[3], kw, sw, pl, pr, dw, ceil_mode)
@@ -151,7 +152,7 @@ def _conv_infer(attrs, in_shapes):
     _need_rank(in_shapes, (4,))
     if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
         raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
-    oh, ow = _window_shape(attrs, in_shapes[0])
+    oh, ow = _window_shape(attrs, in_shapes[0], pads_inside=False)
     return [(in_shapes[0][0], attrs["out_channels"], oh, ow)]
 
 

@@ -475,7 +475,7 @@ FILE_CASES = [
     P(edit(lambda f: f[RELU + "/weights"].create_dataset("weight", data=np.zeros(4, "<f4"))),
       "relu", "weights/weight", id="G12-unexpected-weight"),
     P(set_node("conv", attr_groups=2), "conv", "attrs/groups", id="G13-groups"),
-    P(set_node("conv", attr_pads=(3, 3, 3, 3)), "conv", "attrs/pads", id="G13-pads-too-large"),
+    P(set_node("pool", attr_pads=(2, 0, 0, 0)), "pool", "attrs/pads", id="G13-pads-too-large"),
     P(set_node("pool", attr_kernel=(9, 9)), "pool", "attrs/kernel", id="G13-window-too-big"),
     P(set_node("conv", attr_act_min=6.0, attr_act_max=0.0), "conv", "attrs/act_min",
       id="G13-clamp-bounds"),

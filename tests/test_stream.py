@@ -85,6 +85,8 @@ class GraphBuilder:
         c, h, w = self.shapes[x][1:]
         if op in ("conv2d", "dwconv"):
             a = self.window()
+            if self.draw(st.integers(0, 4)) == 0:   # windows wholly in the padding
+                a["pads"] = tuple(p + self.draw(st.integers(0, 2)) for p in a["pads"])
             if op == "dwconv":
                 a.update(out_channels=c, groups=c)
             else:
