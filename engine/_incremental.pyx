@@ -378,3 +378,50 @@ def concat_masked(list xs, float[:, ::1] out, const int[::1] pix, int n_threads)
             memcpy(&out[p, off], (<float*>ptrs[k]) + <Py_ssize_t>p * chans[k],
                    chans[k] * sizeof(float))
             off = off + chans[k]
+
+
+# --- change masks from per-pixel differences ---------------------------------------
+
+def pixel_change_mask(const float[:, ::1] d, float t, u8[:, ::1] out):
+    """out = d > t (NaN counts as changed); returns the number of changed pixels."""
+    cdef int H = d.shape[0], W = d.shape[1], y, x
+    cdef Py_ssize_t n = 0
+    with nogil:
+        for y in range(H):
+            for x in range(W):
+                out[y, x] = not (d[y, x] <= t)
+                n += out[y, x]
+    return n
+
+
+def block_change_mask(const float[:, ::1] d, float t, int b, u8[:, ::1] out):
+    """Per b x b tile: changed, whole, when the tile's mean of d exceeds t (NaN: changed).
+
+    Tiles at the right and bottom edges may be partial: their mean is over the pixels
+    they have. Returns the number of changed pixels.
+    """
+    cdef int H = d.shape[0], W = d.shape[1]
+    cdef int iy, ix, ty, tx, y, x, y1, x1
+    cdef double s
+    cdef bint ch
+    cdef Py_ssize_t n = 0
+    if b < 1:
+        raise ValueError("block_change_mask: block must be positive")
+    with nogil:
+        for iy in range((H + b - 1) // b):
+            ty = iy * b
+            y1 = min(H, ty + b)
+            for ix in range((W + b - 1) // b):
+                tx = ix * b
+                x1 = min(W, tx + b)
+                s = 0.0
+                for y in range(ty, y1):
+                    for x in range(tx, x1):
+                        s = s + d[y, x]
+                ch = not (s / ((y1 - ty) * (x1 - tx)) <= t)
+                for y in range(ty, y1):
+                    for x in range(tx, x1):
+                        out[y, x] = ch
+                if ch:
+                    n += (y1 - ty) * (x1 - tx)
+    return n

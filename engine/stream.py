@@ -82,6 +82,8 @@ class Stream:
         self._input = np.empty((h, w, c), np.float32)     # engine-layout reference input
         self._ref_frame = None                            # uint8 reference, frame streams
         self._diff = np.empty((h, w), np.float32)
+        self._change = np.empty((h, w), np.uint8)
+        self._n_changed = 0
         self.last_stats = None
         self.last_change_mask = None      # bool (H, W): what the detector counted changed
         self._last_masks = {}
@@ -129,14 +131,16 @@ class Stream:
         from .model import _blas_controller
         with _blas_controller().limit(limits=1):
             if not self._started:
-                changed = self._first_step(new, frame)
-                stats = self._run_nodes(None)
+                self._first_step(new, frame)
+                stats = self._run_nodes(None, first=True)
+                self.last_change_mask = None
+                stats.input_changed_fraction = 1.0
             else:
                 changed = self._update_reference(new, frame)
                 stats = self._run_nodes(changed)
-        stats.input_changed_fraction = (1.0 if changed is None
-                                        else float(np.count_nonzero(changed)) / changed.size)
-        self.last_change_mask = changed
+                self.last_change_mask = (np.zeros(self._diff.shape, bool) if changed is None
+                                         else changed.astype(bool))
+                stats.input_changed_fraction = self._n_changed / self._diff.size
         stats.seconds = time.perf_counter() - t0
         self.last_stats = stats
         outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
@@ -145,11 +149,13 @@ class Stream:
 
     def dirty_mask(self, node_name):
         """The output positions ``node_name`` recomputed in the last step (bool (OH, OW)),
-        or None after a dense step."""
+        or None after a dense (first) step."""
         for step in self._plan:
             if step.node.name == node_name:
+                if self.last_change_mask is None:
+                    return None
                 m = self._last_masks.get(step.node.outputs[0])
-                return None if m is None else m.astype(bool)
+                return np.zeros(step.mask_shape, bool) if m is None else m.astype(bool)
         raise KeyError(f"no node named {node_name!r}")
 
     def deepest_dirty_mask(self):
@@ -184,45 +190,40 @@ class Stream:
         self._started = True
         return None
 
-    def _changed_mask(self):
-        d, t = self._diff, self.threshold
-        if self.detector == "pixel":
-            return ~(d <= t)                       # NaN counts as changed
-        b = self.block
-        h, w = d.shape
-        th, tw = -(-h // b), -(-w // b)
-        padded = np.zeros((th * b, tw * b), np.float64)
-        padded[:h, :w] = d
-        sums = padded.reshape(th, b, tw, b).sum(axis=(1, 3))
-        counts = np.full((th, tw), float(b * b))
-        counts[-1, :] = (h - (th - 1) * b) * b
-        counts[:, -1] = (w - (tw - 1) * b) * b
-        counts[-1, -1] = (h - (th - 1) * b) * (w - (tw - 1) * b)
-        tiles = ~(sums / counts <= t)
-        return np.repeat(np.repeat(tiles, b, 0), b, 1)[:h, :w]
-
     def _update_reference(self, new, frame):
+        """Detect changes against the reference and take them in; returns the uint8
+        change mask, or None when nothing changed."""
         if frame:
             I.max_abs_diff_u8(new, self._ref_frame, self._diff, self.n_threads)
         else:
             I.max_abs_diff_f32(new, self._input, self._diff, self.n_threads)
-        changed = self._changed_mask()
+        mask = self._change
+        if self.detector == "pixel":
+            n = I.pixel_change_mask(self._diff, self.threshold, mask)
+        else:
+            n = I.block_change_mask(self._diff, self.threshold, self.block, mask)
+        self._n_changed = n
+        if n == 0:
+            return None
+        changed = mask.view(bool)
         if frame:
             self._ref_frame[changed] = new[changed]
-            if changed.any():
-                self._input[changed] = self.model.frame_to_internal(new[changed][None])[0]
+            self._input[changed] = self.model.frame_to_internal(new[changed][None])[0]
         else:
             self._input[changed] = new[changed]
-        return changed
+        return mask
 
     # --- propagation and compute ---------------------------------------------------
 
-    def _run_nodes(self, changed):
-        """Recompute every node where needed; ``changed`` None means everything."""
+    def _run_nodes(self, changed, first=False):
+        """Recompute every node where needed (all of them when ``first``).
+
+        ``changed``: the input's uint8 change mask, None when nothing changed. A
+        tensor's mask is None while it is clean, so clean parts of the graph cost a
+        dictionary lookup per node.
+        """
         env = {self.model.graph.input.name: self._input}
-        masks = {}
-        if changed is not None:
-            masks[self.model.graph.input.name] = changed.astype(np.uint8)
+        masks = {self.model.graph.input.name: changed}
         macs = dense_macs = 0
         node_stats = []
         nt = self.n_threads
@@ -234,20 +235,20 @@ class Stream:
             env[out_name] = out
             dense_macs += step.macs
             t0 = time.perf_counter()
-            if changed is None:
+            if first:
                 mask, frac, dense = None, 1.0, True
             else:
                 mask = self._propagate(step, masks)
-                n = int(np.count_nonzero(mask))
-                frac = n / mask.size
+                frac = 0.0 if mask is None else np.count_nonzero(mask) / mask.size
                 dense = step.masked is None or frac > step.fallback
+                if frac == 0:
+                    mask = None
             if frac > 0:
                 if dense:
                     step.dense(inputs, out, nt)
                 else:
                     step.masked(inputs, out, I.mask_indices(mask), nt)
-            if mask is not None:
-                masks[out_name] = mask
+            masks[out_name] = mask
             computed = 1.0 if dense and frac > 0 else frac
             macs += int(round(step.macs * computed))
             node_stats.append(NodeStats(node.name, node.op, computed,
@@ -256,10 +257,12 @@ class Stream:
         return StepStats(0.0, macs, dense_macs, 0.0, node_stats)
 
     def _propagate(self, step, masks):
-        ins = [masks[t] for t in step.node.inputs]
-        if step.rule is None:                       # global: all or nothing
-            dirty = any(m.any() for m in ins)
-            return np.full(step.mask_shape, dirty, np.uint8)
+        """The node's dirty output mask (uint8), or None when no input is dirty."""
+        ins = [m for m in (masks[t] for t in step.node.inputs) if m is not None]
+        if not ins:
+            return None
+        if step.rule is None:                       # global: any change dirties all
+            return np.ones(step.mask_shape, np.uint8)
         if step.rule == "same":
             if len(ins) == 1:
                 return ins[0]
