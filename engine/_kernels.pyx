@@ -95,6 +95,30 @@ def gemm_pack(const float[:, ::1] b, float[::1] out):
         fd_pack_b(&b[0, 0], K, N, N, &out[0])
 
 
+def gemm(const float[:, :] a, const float[::1] b_packed, int N, const float[::1] bias,
+         float[:, :] c, int act=ACT_NONE, float lo=0, float hi=0, int n0=0, int n1=-1):
+    """c[:, n0:n1] = act(a @ B + bias)[:, n0:n1] with fd_gemm_bias_act_cols, one thread.
+
+    a in (M, K), rows contiguous (any row stride); b_packed: gemm_pack of B (K, N);
+    bias in (N,); c out (M, N), rows contiguous; n0 a multiple of gemm_panel_width().
+    The kernel as the incremental path calls it, for tests and tools.
+    """
+    cdef int M = a.shape[0], K = a.shape[1]
+    if n1 < 0:
+        n1 = N
+    if (K < 1 or N < 1 or <size_t>b_packed.shape[0] != fd_packed_size(K, N)
+            or bias.shape[0] != N or c.shape[0] != M or c.shape[1] != N
+            or n0 < 0 or n0 % FD_NR or n1 > N or (M and (a.strides[1] != 4
+                                                         or c.strides[1] != 4))):
+        raise ValueError("gemm: inconsistent shapes")
+    if M == 0:
+        return
+    cdef int lda = a.strides[0] // 4, ldc = c.strides[0] // 4
+    with nogil:
+        fd_gemm_bias_act_cols(M, N, K, &a[0, 0], lda, &b_packed[0], n0, n1, &bias[0],
+                              &c[0, 0], ldc, act, lo, hi)
+
+
 cdef void _im2col(const float* x, int H, int W, int Cin, int cin0, int cin_g,
                   int OW, int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
                   int m0, int mr, float* buf) noexcept nogil:

@@ -41,6 +41,7 @@
 #define FD_NR 32      /* columns per packed panel (two vectors) */
 #define FD_MR 12      /* rows per register block */
 #define FD_KC 320     /* longest K block */
+#define FD_MAXP 16    /* panels per pass over the rows (512 columns) */
 
 typedef float fd_v16 __attribute__((vector_size(64)));
 typedef int fd_v16i __attribute__((vector_size(64)));
@@ -88,21 +89,65 @@ FD_INLINE fd_v16 fd_fma(fd_v16 a, fd_v16 b, fd_v16 c)
 #endif
 }
 
-/* relu / clamp with comparisons and selects: NaN stays NaN, as in the scalar _act */
+/* relu / clamp, NaN kept as in the scalar _act (comparisons, never fmaxf/fminf).
+ * x86 max/min return their second operand when either is NaN or both are zeros, so
+ * max(0, v) is exactly "v < 0 ? 0 : v" and min(hi, v) is "v > hi ? hi : v". */
+#if defined(__AVX512F__)
+FD_INLINE fd_v16 fd_relu(fd_v16 v)
+{
+    return (fd_v16)_mm512_max_ps(_mm512_setzero_ps(), (__m512)v);
+}
+FD_INLINE fd_v16 fd_clamp(fd_v16 v, fd_v16 lo, fd_v16 hi)
+{
+    return (fd_v16)_mm512_max_ps((__m512)lo, _mm512_min_ps((__m512)hi, (__m512)v));
+}
+#else
 FD_INLINE fd_v16 fd_select(fd_v16i m, fd_v16 yes, fd_v16 no)
 {
     return (fd_v16)(((fd_v16i)yes & m) | ((fd_v16i)no & ~m));
 }
+FD_INLINE fd_v16 fd_relu(fd_v16 v)
+{
+    fd_v16 z = fd_splat(0.0f);
+    return fd_select(v < z, z, v);
+}
+FD_INLINE fd_v16 fd_clamp(fd_v16 v, fd_v16 lo, fd_v16 hi)
+{
+    return fd_select(v < lo, lo, fd_select(v > hi, hi, v));
+}
+#endif
 
 FD_INLINE fd_v16 fd_act(fd_v16 v, int act, fd_v16 lo, fd_v16 hi)
 {
-    if (act == 1) {
-        fd_v16 z = fd_splat(0.0f);
-        return fd_select(v < z, z, v);
-    }
+    if (act == 1)
+        return fd_relu(v);
     if (act == 2)
-        return fd_select(v < lo, lo, fd_select(v > hi, hi, v));
+        return fd_clamp(v, lo, hi);
     return v;
+}
+
+/* the first n (0 < n <= 16) floats at p, zeros after */
+FD_INLINE fd_v16 fd_load_part(const float *p, int n)
+{
+#if defined(__AVX512F__)
+    return (fd_v16)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+#else
+    float t[16] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return fd_load(t);
+#endif
+}
+
+/* store the first n (0 < n <= 16) lanes of v at p */
+FD_INLINE void fd_store_part(float *p, fd_v16 v, int n)
+{
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+#else
+    float t[16];
+    fd_store(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+#endif
 }
 
 /* floats in packed B */
@@ -136,17 +181,18 @@ FD_INLINE void fd_block(const int mr, const int nv, int kc, const float *A, ptrd
 {
     fd_v16 c0[FD_MR], c1[FD_MR];
     const int full = nc == 16 * nv;
+    /* lanes valid in each vector: n0v in the first, n1v in the second (0: none) */
+    const int n0v = nc < 16 ? nc : 16, n1v = nc > 16 ? nc - 16 : 0;
     if (load_c) {
+#pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
             const float *cr = C + r * ldc;
             if (full) {
                 c0[r] = fd_load(cr);
                 if (nv > 1) c1[r] = fd_load(cr + 16);
             } else {
-                float t[32] = {0};
-                memcpy(t, cr, (size_t)nc * sizeof(float));
-                c0[r] = fd_load(t);
-                if (nv > 1) c1[r] = fd_load(t + 16);
+                c0[r] = fd_load_part(cr, n0v);
+                if (nv > 1) c1[r] = n1v ? fd_load_part(cr + 16, n1v) : fd_splat(0.0f);
             }
         }
     } else {
@@ -170,21 +216,24 @@ FD_INLINE void fd_block(const int mr, const int nv, int kc, const float *A, ptrd
         a += 1;
         b += 16 * nv;
     }
-    for (int r = 0; r < mr; r++) {
-        fd_v16 v0 = c0[r], v1 = nv > 1 ? c1[r] : c0[r];
-        if (finish) {
-            v0 = fd_act(v0 + bias0, act, lo, hi);
-            if (nv > 1) v1 = fd_act(v1 + bias1, act, lo, hi);
+    if (finish) {
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            c0[r] = fd_act(c0[r] + bias0, act, lo, hi);
+            if (nv > 1) c1[r] = fd_act(c1[r] + bias1, act, lo, hi);
         }
-        float *cr = C + r * ldc;
-        if (full) {
-            fd_store(cr, v0);
-            if (nv > 1) fd_store(cr + 16, v1);
-        } else {
-            float t[32];
-            fd_store(t, v0);
-            if (nv > 1) fd_store(t + 16, v1);
-            memcpy(cr, t, (size_t)nc * sizeof(float));
+    }
+    if (full) {
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            fd_store(C + r * ldc, c0[r]);
+            if (nv > 1) fd_store(C + r * ldc + 16, c1[r]);
+        }
+    } else {
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            fd_store_part(C + r * ldc, c0[r], n0v);
+            if (nv > 1 && n1v) fd_store_part(C + r * ldc + 16, c1[r], n1v);
         }
     }
 }
@@ -232,27 +281,39 @@ static inline void fd_gemm_bias_act_cols(int M, int N, int K, const float *A, in
     fd_v16 lov = fd_splat(lo), hiv = fd_splat(hi);
     int nkb = (K + FD_KC - 1) / FD_KC;
     int kcb = (K + nkb - 1) / nkb;
+    int np = (n1 - n0 + FD_NR - 1) / FD_NR;
+    /* per panel: width in B, columns stored, bias vectors */
+    fd_v16 bias0[FD_MAXP], bias1[FD_MAXP];
     for (int k0 = 0; k0 < K; k0 += kcb) {
         int kc = K - k0 < kcb ? K - k0 : kcb;
         int load_c = k0 > 0, finish = k0 + kc == K;
-        for (int p0 = n0; p0 < n1; p0 += FD_NR) {
-            int rem = N - p0;
-            int w = rem >= FD_NR ? FD_NR : rem <= 16 ? 16 : FD_NR;
-            int nc = n1 - p0 < FD_NR ? n1 - p0 : FD_NR;
-            const float *B = Bp + (size_t)p0 * K + (size_t)k0 * w;
-            float bt[32] = {0};
-            if (bias) memcpy(bt, bias + p0, (size_t)nc * sizeof(float));
-            fd_v16 bias0 = fd_load(bt), bias1 = fd_load(bt + 16);
+        for (int q0 = 0; q0 < np; q0 += FD_MAXP) {
+            int q1 = np - q0 < FD_MAXP ? np : q0 + FD_MAXP;
+            for (int q = q0; q < q1; q++) {
+                int p0 = n0 + q * FD_NR;
+                int nc = n1 - p0 < FD_NR ? n1 - p0 : FD_NR;
+                float bt[32] = {0};
+                if (bias) memcpy(bt, bias + p0, (size_t)nc * sizeof(float));
+                bias0[q - q0] = fd_load(bt);
+                bias1[q - q0] = fd_load(bt + 16);
+            }
             for (int m0 = 0; m0 < M; m0 += FD_MR) {
                 int mr = M - m0 < FD_MR ? M - m0 : FD_MR;
                 const float *Am = A + (size_t)m0 * lda + k0;
-                float *Cm = C + (size_t)m0 * ldc + p0;
-                if (w == 32)
-                    fd_block_nv2(mr, kc, Am, lda, B, Cm, ldc, nc, load_c, finish,
-                                 bias0, bias1, act, lov, hiv);
-                else
-                    fd_block_nv1(mr, kc, Am, lda, B, Cm, ldc, nc, load_c, finish,
-                                 bias0, bias1, act, lov, hiv);
+                for (int q = q0; q < q1; q++) {
+                    int p0 = n0 + q * FD_NR;
+                    int rem = N - p0;
+                    int w = rem >= FD_NR ? FD_NR : rem <= 16 ? 16 : FD_NR;
+                    int nc = n1 - p0 < FD_NR ? n1 - p0 : FD_NR;
+                    const float *B = Bp + (size_t)p0 * K + (size_t)k0 * w;
+                    float *Cm = C + (size_t)m0 * ldc + p0;
+                    if (w == 32)
+                        fd_block_nv2(mr, kc, Am, lda, B, Cm, ldc, nc, load_c, finish,
+                                     bias0[q - q0], bias1[q - q0], act, lov, hiv);
+                    else
+                        fd_block_nv1(mr, kc, Am, lda, B, Cm, ldc, nc, load_c, finish,
+                                     bias0[q - q0], bias1[q - q0], act, lov, hiv);
+                }
             }
         }
     }
