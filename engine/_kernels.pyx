@@ -68,11 +68,30 @@ cdef extern from "gemm.h" nogil:
     enum: FD_NR
     size_t fd_packed_size(int K, int N)
     void fd_pack_b(const float *B, int K, int N, int ldb, float *packed)
+    void fd_gemm_seg(int M, int N, int nseg, const float *const *seg, int seglen, int lda,
+                     const float *Bp, int n0, int n1, const float *bias, float *C, int ldc,
+                     int act, float lo, float hi)
     void fd_gemm_bias_act_cols(int M, int N, int K, const float *A, int lda,
                                const float *Bp, int n0, int n1, const float *bias,
                                float *C, int ldc, int act, float lo, float hi)
     void fd_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *Bp,
                           const float *bias, float *C, int ldc, int act, float lo, float hi)
+
+# Convolutions read the rows of A straight from the input ("implicit" im2col) for the
+# output pixels whose taps are all inside the image, when a run of them in one output
+# row is at least this long; the others go through an im2col buffer. Either way each
+# element gets the same arithmetic (gemm.h), so this is a speed choice only.
+DEF IMPLICIT_MAX_KH = 64
+cdef int _implicit_min_run = 24
+
+
+def set_implicit_min_run(int n):
+    """Shortest run of interior output pixels read without im2col (a speed knob: results
+    are the same bits either way); returns the previous value. For tests and tuning."""
+    global _implicit_min_run
+    old = _implicit_min_run
+    _implicit_min_run = max(1, n)
+    return old
 
 
 def gemm_panel_width():
@@ -121,17 +140,19 @@ def gemm(const float[:, :] a, const float[::1] b_packed, int N, const float[::1]
 
 cdef void _im2col(const float* x, int H, int W, int Cin, int cin0, int cin_g,
                   int OW, int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
-                  int m0, int mr, float* buf) noexcept nogil:
-    """Rows m0..m0+mr of the im2col matrix of one group: (kh, kw, cin_g) per row."""
-    cdef int r, i, j, c, oy, ox, iy, ix, ix0
+                  int m0, int mr, const int* pix, float* buf) noexcept nogil:
+    """im2col rows of one group, (kh, kw, cin_g) per row: of output pixels m0..m0+mr, or
+    of pix[0..mr) when pix is not NULL."""
+    cdef int r, i, j, c, m, oy, ox, iy, ix, ix0
     cdef int K = kh * kw * cin_g
     cdef int run = kw * cin_g
     cdef bint rows_contiguous = dw == 1 and cin_g == Cin
     cdef float* dst
     cdef const float* src
     for r in range(mr):
-        oy = (m0 + r) // OW
-        ox = (m0 + r) % OW
+        m = pix[r] if pix != NULL else m0 + r
+        oy = m // OW
+        ox = m % OW
         dst = buf + <Py_ssize_t>r * K
         ix0 = ox * sw - pl
         for i in range(kh):
@@ -159,11 +180,60 @@ cdef void _im2col(const float* x, int H, int W, int Cin, int cin0, int cin_g,
                 dst += cin_g
 
 
+cdef void _conv_tile_implicit(const float* x, int H, int W, int Cin, int OH, int OW,
+                              int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                              int oyi_lo, int oyi_hi, int oxi_lo, int oxi_hi,
+                              const float* wp, const float* bp, int N, int n0, int n1,
+                              float* out, int m0, int mr, int act, float lo, float hi,
+                              float* buf, float* tmp, int* pix,
+                              int min_run) noexcept nogil:
+    """Output pixels m0..m0+mr of a conv with one group and dw == 1: runs of interior
+    pixels (all taps inside x) read their rows straight from x, kh segments of kw * Cin
+    floats (row stride sw * Cin); the others are gathered through im2col into buf,
+    computed into tmp and copied to out."""
+    cdef const float* segs[IMPLICIT_MAX_KH]
+    cdef int K = kh * kw * Cin
+    cdef int nb = 0, p = m0, end = m0 + mr
+    cdef int oy, rs, re, a, b, q, i, r
+    while p < end:
+        oy = p // OW
+        rs = oy * OW
+        re = min(end, rs + OW)
+        a = re
+        b = re
+        if oyi_lo <= oy < oyi_hi:
+            a = max(p, rs + oxi_lo)
+            b = min(re, rs + oxi_hi)
+            if b - a < min_run:
+                a = re
+                b = re
+        for q in range(p, a):
+            pix[nb] = q
+            nb = nb + 1
+        if b > a:
+            for i in range(kh):
+                segs[i] = x + ((<Py_ssize_t>(oy * sh - pt + i * dh) * W)
+                               + (a - rs) * sw - pl) * Cin
+            fd_gemm_seg(b - a, N, kh, segs, kw * Cin, sw * Cin, wp, n0, n1, bp,
+                        out + <Py_ssize_t>a * N, N, act, lo, hi)
+            for q in range(b, re):
+                pix[nb] = q
+                nb = nb + 1
+        p = re
+    if nb == 0:
+        return
+    _im2col(x, H, W, Cin, 0, Cin, OW, kh, kw, sh, sw, pt, pl, dh, 1, 0, nb, pix, buf)
+    fd_gemm_bias_act_cols(nb, N, K, buf, K, wp, n0, n1, bp, tmp, N, act, lo, hi)
+    for r in range(nb):
+        memcpy(out + <Py_ssize_t>pix[r] * N + n0, tmp + <Py_ssize_t>r * N + n0,
+               (n1 - n0) * sizeof(float))
+
+
 def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
            float[:, :, ::1] out, int kh, int kw, int sh, int sw, int pt, int pl,
            int dh, int dw, int act, float act_min, float act_max,
            int m_tile, int n_split, int n_threads):
-    """Convolution of one image: im2col + fd_gemm_bias_act per tile of output pixels.
+    """Convolution of one image: fd_gemm per tile of output pixels.
 
     x        in   (H, W, Cin)
     w        in   (groups, gemm_packed_size(KH*KW*Cin/groups, Cout/groups)), from
@@ -173,9 +243,11 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
     m_tile   output pixels per tile (the im2col buffer is m_tile x K floats)
     n_split  column blocks of Cout/groups per tile (parallelism when pixels are few);
              blocks are whole packed panels
-    A 1x1 stride-1 unpadded convolution reads its rows straight from x (lda = Cin).
-    Bias and activation are applied in the kernel's store. Each output element is
-    computed by the same code whatever the tiling (see gemm.h).
+    The rows of A come straight from x for a 1x1 stride-1 unpadded convolution
+    (lda = Cin), and for runs of interior output pixels of a one-group convolution
+    (kh segments of kw * Cin floats); through an im2col buffer otherwise. Bias and
+    activation are applied in the kernel's store. Each output element is computed by
+    the same arithmetic whatever the path and the tiling (see gemm.h).
     """
     cdef int H = x.shape[0], W = x.shape[1], Cin = x.shape[2]
     cdef int OH = out.shape[0], OW = out.shape[1], Cout = out.shape[2]
@@ -198,19 +270,32 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
     ns = (N + nb - 1) // nb
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0
                         and pl == 0 and OH == H and OW == W)
+    # interior output pixels: every tap inside x (ranges [lo, hi) per axis)
+    cdef int oyi_lo = (pt + sh - 1) // sh
+    cdef int oyi_hi = min(OH, (H - 1 - (kh - 1) * dh + pt) // sh + 1) \
+        if H - 1 - (kh - 1) * dh + pt >= 0 else 0
+    cdef int oxi_lo = (pl + sw - 1) // sw
+    cdef int oxi_hi = min(OW, (W - 1 - (kw - 1) * dw + pl) // sw + 1) \
+        if W - 1 - (kw - 1) * dw + pl >= 0 else 0
+    cdef bint implicit = (not direct and G == 1 and dw == 1 and kh <= IMPLICIT_MAX_KH
+                          and oyi_hi > oyi_lo and oxi_hi - oxi_lo >= _implicit_min_run)
+    cdef int min_run = _implicit_min_run
     cdef const float* xp = &x[0, 0, 0]
     cdef const float* wp = &w[0, 0]
     cdef Py_ssize_t wstride = w.shape[1]
     cdef const float* bp = &bias[0]
     cdef float* op = &out[0, 0, 0]
     cdef Py_ssize_t item
-    cdef int g, m0, mr, n0, n1, lda, split
+    cdef int g, m0, mr, n0, n1, lda, split, tid
     cdef const float* a
     cdef float* buf
     n_threads = max(1, n_threads)
-    # one im2col buffer per thread, allocated here so that failure is a MemoryError
+    # per-thread buffers, allocated here so that failure is a MemoryError
     cdef float[:, ::1] bufs = np.empty((n_threads, 1 if direct else <Py_ssize_t>mt * K),
                                        np.float32)
+    cdef float[:, ::1] tmps = np.empty((n_threads, <Py_ssize_t>mt * N if implicit else 1),
+                                       np.float32)
+    cdef int[:, ::1] pixs = np.empty((n_threads, mt if implicit else 1), np.intc)
     with nogil, parallel(num_threads=n_threads):
         for item in prange(<Py_ssize_t>n_mt * ns, schedule="dynamic"):
             m0 = <int>(item // ns) * mt
@@ -218,14 +303,21 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
             mr = min(mt, M - m0)
             n0 = split * nb
             n1 = min(N, n0 + nb)
+            tid = threadid()
+            if implicit:
+                _conv_tile_implicit(xp, H, W, Cin, OH, OW, kh, kw, sh, sw, pt, pl, dh,
+                                    oyi_lo, oyi_hi, oxi_lo, oxi_hi, wp, bp, N, n0, n1,
+                                    op, m0, mr, act, act_min, act_max, &bufs[tid, 0],
+                                    &tmps[tid, 0], &pixs[tid, 0], min_run)
+                continue
             for g in range(G):
                 if direct:
                     a = xp + <Py_ssize_t>m0 * Cin + g * cin_g
                     lda = Cin
                 else:
-                    buf = &bufs[threadid(), 0]
+                    buf = &bufs[tid, 0]
                     _im2col(xp, H, W, Cin, g * cin_g, cin_g, OW, kh, kw, sh, sw, pt, pl,
-                            dh, dw, m0, mr, buf)
+                            dh, dw, m0, mr, NULL, buf)
                     a = buf
                     lda = K
                 fd_gemm_bias_act_cols(mr, N, K, a, lda, wp + g * wstride, n0, n1,

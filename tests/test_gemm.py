@@ -159,6 +159,9 @@ def _im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
 
 CONVS = [  # cin, cout, k, stride, pad, dilation, groups, h, w
     (3, 32, 3, 2, 1, 1, 1, 37, 41),
+    (3, 16, 3, 2, 1, 1, 1, 30, 75),       # stride 2 with interior runs read from x
+    (8, 24, 5, 1, 2, 1, 1, 12, 60),
+    (5, 40, 3, 1, 0, 2, 1, 14, 50),       # dilated: im2col (taps not contiguous)
     (13, 37, 3, 1, 1, 1, 1, 23, 29),
     (16, 24, 1, 1, 0, 1, 1, 19, 21),      # 1x1: rows read straight from the input
     (64, 128, 1, 2, 0, 1, 1, 20, 22),     # 1x1 stride 2: im2col
@@ -180,11 +183,16 @@ def test_conv_equals_gemm_on_any_pixel_subset(cin, cout, k, s, p, d, g, h, w):
     ow = (w + 2 * p - d * (k - 1) - 1) // s + 1
     wp = O.pack_conv_weight_gemm(wt, g)
     outs = []
-    for m_tile, n_split, threads in [(1000, 1, 1), (7, 1, 2), (12, 3, 2), (13, 2, 3),
-                                     (1, 1, 1)]:
+    for m_tile, n_split, threads, min_run in [
+            (1000, 1, 1, 24), (7, 1, 2, 24), (12, 3, 2, 24), (13, 2, 3, 1), (1, 1, 1, 1),
+            (100, 1, 2, 1), (100, 2, 2, 10**6), (64, 1, 1, 5)]:
         out = np.full((oh, ow, cout), np.float32(12345.0))
-        K.conv2d(x, wp, bias, out, k, k, s, s, p, p, d, d, 1, 0.0, 0.0, m_tile, n_split,
-                 threads)
+        old = K.set_implicit_min_run(min_run)
+        try:
+            K.conv2d(x, wp, bias, out, k, k, s, s, p, p, d, d, 1, 0.0, 0.0, m_tile,
+                     n_split, threads)
+        finally:
+            K.set_implicit_min_run(old)
         outs.append(out)
     for out in outs[1:]:
         assert_same_bits(out, outs[0])
@@ -239,3 +247,54 @@ def test_inconsistent_shapes_raise():
         K.gemm(a, bp, 6, np.ones(6, np.float32), np.empty((4, 6), np.float32), n0=3)
     with pytest.raises(ValueError):
         K.gemm_pack(np.ones((5, 6), np.float32), np.empty(10, np.float32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_conv_paths_match_reference(data):
+    """Interior pixels read straight from x (any run length) and im2col rows give the
+    same bits, and match torch-free float64 reference within tolerance."""
+    draw = data.draw
+    k_h, k_w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    s_h, s_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    d_h = draw(st.integers(1, 2))
+    p_t, p_l = draw(st.integers(0, k_h)), draw(st.integers(0, k_w))
+    cin, cout = draw(st.integers(1, 9)), draw(st.integers(1, 40))
+    h, w = draw(st.integers(1, 14)), draw(st.integers(1, 40))
+    act = draw(st.sampled_from([0, 1, 2]))
+    oh = (h + 2 * p_t - d_h * (k_h - 1) - 1) // s_h + 1
+    ow = (w + 2 * p_l - (k_w - 1) - 1) // s_w + 1
+    if oh < 1 or ow < 1:
+        return
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal((h, w, cin)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin, k_h, k_w)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    wp = O.pack_conv_weight_gemm(wt, 1)
+    outs = []
+    for min_run, m_tile in [(10**6, 50), (1, 50), (3, 7), (1, 1000)]:
+        out = np.full((oh, ow, cout), np.float32(12345.0))
+        old = K.set_implicit_min_run(min_run)
+        try:
+            # bottom/right padding equal to top/left (the kernel takes top/left only)
+            K.conv2d(x, wp, bias, out, k_h, k_w, s_h, s_w, p_t, p_l, d_h, 1, act, -0.5, 0.75,
+                     m_tile, 1, 2)
+        finally:
+            K.set_implicit_min_run(old)
+        outs.append(out)
+    for out in outs[1:]:
+        assert_same_bits(out, outs[0])
+    # float64 reference on the same padded image
+    xp = np.zeros((h + 2 * p_t + d_h * k_h, w + 2 * p_l + k_w, cin))
+    xp[p_t:p_t + h, p_l:p_l + w] = x
+    ref = np.zeros((oh, ow, cout))
+    for i in range(k_h):
+        for j in range(k_w):
+            patch = xp[i * d_h:i * d_h + s_h * (oh - 1) + 1:s_h, j:j + s_w * (ow - 1) + 1:s_w]
+            ref += patch @ wt[:, :, i, j].T.astype(np.float64)
+    ref = ref + bias
+    if act == 1:
+        ref = np.maximum(ref, 0)
+    elif act == 2:
+        ref = np.clip(ref, -0.5, 0.75)
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4 * (1 + np.abs(ref).max()))
