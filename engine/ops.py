@@ -21,8 +21,15 @@ IM2COL_TILE_BYTES = 512 * 1024
 MIN_M_TILE, MAX_M_TILE = 48, 288
 M_TILE_ALIGN = 12      # the gemm kernel's register block (FD_MR rows)
 # Aim for at least this many independent pieces per conv so both cores stay busy even
-# when a layer has few pixels; fixed (not n_threads) so results do not depend on threads.
+# when a layer has few pixels: first with smaller row tiles (down to MIN_M_TILE, aiming
+# at MIN_ROW_TILES), then by splitting the columns. Fixed, not n_threads: a speed choice
+# only (each element is computed alike in any tiling), but kept independent of threads.
 MIN_PIECES = 8
+MIN_ROW_TILES = 16
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
 
 
 def conv_tiling(m, k, n, groups, m_tile=None):
@@ -34,11 +41,14 @@ def conv_tiling(m, k, n, groups, m_tile=None):
     if m_tile is None:
         m_tile = IM2COL_TILE_BYTES // (4 * k)
         m_tile = max(MIN_M_TILE, min(MAX_M_TILE, m_tile // M_TILE_ALIGN * M_TILE_ALIGN))
-    n_mt = -(-m // m_tile)
+        if _ceil_div(m, m_tile) < MIN_ROW_TILES:
+            m_tile = max(MIN_M_TILE, min(m_tile, _ceil_div(_ceil_div(m, MIN_ROW_TILES),
+                                                           M_TILE_ALIGN) * M_TILE_ALIGN))
+    n_mt = _ceil_div(m, m_tile)
     n_split = 1
     if groups == 1 and n_mt < MIN_PIECES:
         # few pixels (deep layers): also split the output channels, in whole panels
-        n_split = max(1, min(-(-MIN_PIECES // n_mt), -(-n // 32)))
+        n_split = max(1, min(_ceil_div(MIN_PIECES, n_mt), _ceil_div(n, 32)))
     return m_tile, n_split
 
 
