@@ -13,7 +13,6 @@ cimport cython
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, fabsf
 from libc.string cimport memcpy, memset
-from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
 
@@ -144,21 +143,34 @@ cdef void _im2col_pix(const float* x, int H, int W, int Cin, int cin0, int cin_g
                 dst += cin_g
 
 
-def conv2d_masked(const float[:, :, ::1] x, const float[:, :, ::1] w, const float[::1] bias,
+cdef extern from "gemm.h" nogil:
+    size_t fd_packed_size(int K, int N)
+    void fd_gemm_bias_act_cols(int M, int N, int K, const float *A, int lda,
+                               const float *Bp, int n0, int n1, const float *bias,
+                               float *C, int ldc, int act, float lo, float hi)
+
+
+def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
                   float[:, :, ::1] out, const int[::1] pix, int kh, int kw, int sh, int sw,
                   int pt, int pl, int dh, int dw, int act, float act_min, float act_max,
                   int m_tile, int n_threads):
-    """Convolution at the output pixels ``pix`` only: gather im2col rows of a tile of
-    them, one sgemm per tile and group, scatter with bias and activation.
+    """Convolution at the output pixels ``pix`` only: gather the im2col rows of a tile
+    of them, one gemm (engine/gemm.h) per tile and group with bias and activation in
+    its store, then scatter the rows into the cache.
 
-    x in (H, W, Cin); w in (groups, KH*KW*Cin/groups, Cout/groups) (pack_conv_weight);
-    out in/out (OH, OW, Cout): the cache, updated at ``pix``.
+    x in (H, W, Cin); w in (groups, gemm_packed_size(KH*KW*Cin/g, Cout/g)), the dense
+    kernel's packed weights (ops.pack_conv_weight_gemm); out in/out (OH, OW, Cout).
+    gemm.h computes every element with the same arithmetic whatever rows it is given,
+    so these positions get the bits the dense kernel gives them.
     """
     cdef int H = x.shape[0], W = x.shape[1], Cin = x.shape[2]
-    cdef int G = w.shape[0], K = w.shape[1], N = w.shape[2]
-    cdef int OH = out.shape[0], OW = out.shape[1], Cout = out.shape[2]
+    cdef int OW = out.shape[1], Cout = out.shape[2]
+    cdef int G = w.shape[0]
+    if G < 1 or Cin % G or Cout % G:
+        raise ValueError("conv2d_masked: inconsistent shapes")
     cdef int cin_g = Cin // G
-    if G * N != Cout or K != kh * kw * cin_g or bias.shape[0] != Cout:
+    cdef int K = kh * kw * cin_g, N = Cout // G
+    if K < 1 or <size_t>w.shape[1] != fd_packed_size(K, N) or bias.shape[0] != Cout:
         raise ValueError("conv2d_masked: inconsistent shapes")
     cdef int P = pix.shape[0]
     if P == 0:
@@ -169,17 +181,16 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, :, ::1] w, const floa
     cdef float[:, ::1] cols = np.empty((n_threads, <Py_ssize_t>mt * K), np.float32)
     cdef float[:, ::1] tile = np.empty((n_threads, <Py_ssize_t>mt * Cout), np.float32)
     cdef const float* xp = &x[0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0]
+    cdef const float* wp = &w[0, 0]
+    cdef Py_ssize_t wstride = w.shape[1]
+    cdef const float* bp = &bias[0]
     cdef float* op = &out[0, 0, 0]
     cdef const int* pp = &pix[0]
-    cdef int t, g, m0, mr, r, n, tid
+    cdef int t, g, m0, mr, r, tid
     cdef float* a
     cdef float* c
-    cdef float* dst
-    cdef float one = 1.0, zero = 0.0
-    cdef char* tr = b"N"
     with nogil, parallel(num_threads=n_threads):
-        for t in prange(n_mt, schedule="static"):
+        for t in prange(n_mt, schedule="dynamic"):
             tid = threadid()
             m0 = t * mt
             mr = min(mt, P - m0)
@@ -188,12 +199,11 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, :, ::1] w, const floa
             for g in range(G):
                 _im2col_pix(xp, H, W, Cin, g * cin_g, cin_g, OW, kh, kw, sh, sw, pt, pl,
                             dh, dw, pp + m0, mr, a)
-                sgemm(tr, tr, &N, &mr, &K, &one, <float*>wp + <Py_ssize_t>g * K * N, &N,
-                      a, &K, &zero, c + g * N, &Cout)
+                fd_gemm_bias_act_cols(mr, N, K, a, K, wp + g * wstride, 0, N, bp + g * N,
+                                      c + g * N, Cout, act, act_min, act_max)
             for r in range(mr):
-                dst = op + <Py_ssize_t>pp[m0 + r] * Cout
-                for n in range(Cout):
-                    dst[n] = _act(c[<Py_ssize_t>r * Cout + n] + bias[n], act, act_min, act_max)
+                memcpy(op + <Py_ssize_t>pp[m0 + r] * Cout, c + <Py_ssize_t>r * Cout,
+                       Cout * sizeof(float))
 
 
 def depthwise_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _incremental as I
 from .ops import (ACTIVATIONS, _conv_common, bilinear_taps, conv_tiling, is_depthwise,
-                  nearest_indices, pack_conv_weight, pack_depthwise_weight)
+                  nearest_indices, pack_conv_weight_gemm, pack_depthwise_weight)
 
 
 def _positions(a):
@@ -28,9 +28,10 @@ def prepare_conv2d(node, attrs, in_shapes, out_shape, m_tile=None):
             I.depthwise_masked(inputs[0], w, bias, out, pix, kh, kw, sh, sw, pt, pl, dh, dw,
                                act, lo, hi, n_threads)
         return run
-    w = pack_conv_weight(node.weights["weight"], attrs["groups"])
-    mt, _ = conv_tiling(out_shape[2] * out_shape[3], w.shape[1], w.shape[2],
-                        attrs["groups"], m_tile)
+    g = attrs["groups"]
+    cout, cin_g, kh, kw = node.weights["weight"].shape
+    w = pack_conv_weight_gemm(node.weights["weight"], g)
+    mt, _ = conv_tiling(out_shape[2] * out_shape[3], kh * kw * cin_g, cout // g, g, m_tile)
 
     def run(inputs, out, pix, n_threads):
         I.conv2d_masked(inputs[0], w, bias, out, pix, kh, kw, sh, sw, pt, pl, dh, dw,

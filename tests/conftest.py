@@ -1,7 +1,7 @@
 """Shared test setup: hypothesis profiles and small helpers.
 
-Profiles: ``ci`` (default; bounded so the suite stays well under CI's budget) and
-``dev`` (many more examples). Pick one with HYPOTHESIS_PROFILE=dev.
+Profiles: ``ci`` (default; 25 examples, bounded so the suite stays well under CI's
+budget), ``dev`` (300) and ``stress`` (3000). Pick one with HYPOTHESIS_PROFILE=dev.
 """
 
 import os
@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("stress", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
