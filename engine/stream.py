@@ -29,9 +29,12 @@ from .layout import internal_shape, to_internal, to_torch
 DETECTORS = ("pixel", "block")
 
 # Above this fraction of dirty output positions a node recomputes densely: gathering
-# scattered rows stops paying. Exactness does not depend on these values.
-DENSE_FALLBACK = {"conv2d": 0.6}
-DEFAULT_FALLBACK = 0.8
+# scattered rows stops paying. Exactness does not depend on these values. Measured
+# with 8x8-tile masks (benchmarks/README.md, "Dense fallback"):
+# a masked conv costs about its dirty fraction of a dense one on deep layers, and
+# crosses over near 0.8 on wide, thin layers (32 channels at 360x480, 1x1 144->24).
+DENSE_FALLBACK = {"conv2d": 0.8}
+DEFAULT_FALLBACK = 0.7
 
 
 @dataclass
