@@ -76,6 +76,8 @@ cdef extern from "gemm.h" nogil:
                                float *C, int ldc, int act, float lo, float hi)
     void fd_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *Bp,
                           const float *bias, float *C, int ldc, int act, float lo, float hi)
+    const char *fd_gemm_isa_name()
+    const char *fd_gemm_force_isa(int level)
 
 # Convolutions read the rows of A straight from the input ("implicit" im2col) for the
 # output pixels whose taps are all inside the image, when a run of them in one output
@@ -92,6 +94,18 @@ def set_implicit_min_run(int n):
     old = _implicit_min_run
     _implicit_min_run = max(1, n)
     return old
+
+
+def gemm_isa():
+    """Instruction set of the gemm kernel in use: "avx512", "avx2", "neon" or "generic"
+    (picked at run time on x86-64 builds with GCC)."""
+    return fd_gemm_isa_name().decode()
+
+
+def gemm_force_isa(int level):
+    """Tests only: use at most ISA level ``level`` (0 the build's own target, 1 AVX2,
+    2 AVX-512, -1 the best the CPU has); returns the kernel's name. Not while kernels run."""
+    return fd_gemm_force_isa(level).decode()
 
 
 def gemm_panel_width():

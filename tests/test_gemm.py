@@ -298,3 +298,26 @@ def test_conv_paths_match_reference(data):
     elif act == 2:
         ref = np.clip(ref, -0.5, 0.75)
     np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4 * (1 + np.abs(ref).max()))
+
+
+def test_instruction_sets_agree():
+    """Every kernel with FMA (AVX-512 12x32 blocks, AVX2 6x16) gives the same bits; the
+    build's own target (0) may lack FMA and is then only close."""
+    rng = np.random.default_rng(11)
+    a, b, bias = problem(rng, 37, 300, 57, edge=True)
+    bp = O.gemm_pack(b)
+    best = K.gemm_isa()
+    results = {}
+    try:
+        for level in (2, 1, 0):
+            name = K.gemm_force_isa(level)
+            results[name] = gemm(a, bp, 57, bias, 1)
+    finally:
+        assert K.gemm_force_isa(-1) == best
+    fma = {n: r for n, r in results.items() if n in ("avx512", "avx2", "neon")}
+    for r in fma.values():
+        assert_same_bits(r, next(iter(fma.values())))
+    finite = np.isfinite(a).all(1)
+    for r in results.values():
+        np.testing.assert_allclose(r[finite], reference(a, b, bias, 1)[finite], rtol=1e-5,
+                                   atol=1e-4)
