@@ -7,10 +7,12 @@ so results never depend on the number of threads: work is split into pieces whos
 boundaries depend only on the shapes (and the tile size the caller passes), never
 on ``n_threads``, and each output element is computed by exactly one piece.
 
-Convolution and linear are im2col + our own sgemm microkernel (engine/gemm.h) on tiles
-of output pixels, with bias and activation fused in the kernel's store. Each output
-element is computed with the same arithmetic in the same order whatever the tile, so
-a layer computed on a subset of rows is bit-identical to the dense result.
+Convolution and linear use our own sgemm microkernel (engine/gemm.h) on tiles of output
+pixels, with bias and activation fused in the kernel's store; the rows of A come
+straight from the input where all taps are inside it (1x1 convolutions, interior
+pixels), through an im2col buffer elsewhere. Each output element is computed with the
+same arithmetic in the same order whatever the tile or path, so a layer computed on a
+subset of rows (the incremental path) is bit-identical to the dense result.
 """
 
 cimport cython

@@ -62,7 +62,9 @@
 
 #define FD_NR 32      /* columns per packed panel */
 #define FD_MRMAX 12   /* most rows per register block (any ISA) */
+#ifndef FD_KC
 #define FD_KC 320     /* longest K block */
+#endif
 #define FD_MAXP 16    /* panels per pass over a register block (512 columns) */
 #define FD_MAXSEG 16  /* segments per K block */
 
