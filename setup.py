@@ -77,7 +77,7 @@ def extensions():
         extra_compile_args=compile_args,
         extra_link_args=omp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ) for name in ("_kernels", "_incremental")]
+    ) for name in ("_kernels", "_masks")]
     return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
         "initializedcheck": False})

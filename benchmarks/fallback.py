@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from framedelta.engine import _incremental as I
-from framedelta.engine import masked, ops
+from framedelta.engine import _masks as I
+from framedelta.engine import ops
 from framedelta.formats.graph import Node
 
 CASES = [(64, 64, 3, 90, 120), (128, 128, 3, 45, 60), (256, 256, 3, 23, 30),
@@ -41,18 +41,17 @@ def main(n_threads=2):
                     {"weight": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
                      "bias": np.zeros(cout, np.float32)})
         shapes, out_shape = [(1, cin, h, w)], (1, cout, h, w)
-        dense = ops.prepare_conv2d(node, attrs, shapes, out_shape)
-        part = masked.prepare_conv2d(node, attrs, shapes, out_shape)
+        run = ops.prepare_conv2d(node, attrs, shapes, out_shape)
         x = rng.standard_normal((h, w, cin)).astype(np.float32)
         out = np.empty((h, w, cout), np.float32)
         with _blas_controller().limit(limits=1):
-            td = median_time(lambda: dense([x], out, n_threads))
+            td = median_time(lambda: run([x], out, n_threads))
             row = []
             for frac in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
                 tiles = rng.random(((h + 7) // 8, (w + 7) // 8)) < frac
                 m = np.repeat(np.repeat(tiles, 8, 0), 8, 1)[:h, :w].astype(np.uint8)
                 pix = I.mask_indices(m)
-                tm = median_time(lambda: part([x], out, pix, n_threads))
+                tm = median_time(lambda: run([x], out, n_threads, pix))
                 row.append(f"{len(pix) / (h * w):.2f}:{tm / td:.2f}")
         print(f"{cin:>3}->{cout:<3} k{k} {h}x{w}: dense {td * 1e3:6.2f} ms; masked/dense "
               "at dirty fraction " + " ".join(row), flush=True)

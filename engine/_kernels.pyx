@@ -341,85 +341,165 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
                                       act, act_min, act_max)
 
 
+# --- one kernel per op for both paths ------------------------------------------------
+#
+# Each kernel below computes the output positions listed in ``pix`` (flat indices
+# oy * OW + ox, ascending; the incremental path's dirty positions) and leaves the
+# others alone, or every position when ``pix`` is None (the dense path). The code per
+# position is the same either way, so the two paths give the same bits.
+
+cdef void _conv_tile_gathered(const float* x, int H, int W, int Cin, int G, int OW,
+                              int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                              int dw, const float* w, Py_ssize_t wstride, const float* bias,
+                              int K, int N, const int* pix, int mr, float* cols,
+                              float* tile, float* out, int act, float lo,
+                              float hi) noexcept nogil:
+    """Output pixels pix[0..mr): gathered im2col rows, gemm into ``tile``, rows scattered."""
+    cdef int g, r
+    cdef int cin_g = Cin // G, Cout = G * N
+    for g in range(G):
+        _im2col(x, H, W, Cin, g * cin_g, cin_g, OW, kh, kw, sh, sw, pt, pl, dh, dw, 0, mr,
+                pix, cols)
+        fd_gemm_bias_act_cols(mr, N, K, cols, K, w + g * wstride, 0, N, bias + g * N,
+                              tile + g * N, Cout, act, lo, hi)
+    for r in range(mr):
+        memcpy(out + <Py_ssize_t>pix[r] * Cout, tile + <Py_ssize_t>r * Cout,
+               Cout * sizeof(float))
+
+
+def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
+                  float[:, :, ::1] out, const int[::1] pix, int kh, int kw, int sh, int sw,
+                  int pt, int pl, int dh, int dw, int act, float act_min, float act_max,
+                  int m_tile, int n_threads):
+    """Convolution at the output pixels ``pix`` only (the incremental path).
+
+    Same inputs as conv2d; ``out`` is the node's cache, updated at ``pix``. Tiles of
+    m_tile dirty pixels: gather their im2col rows, one gemm per tile and group with
+    bias and activation in its store, scatter the rows. gemm.h gives every element
+    the same bits whatever rows it is computed with, so this equals conv2d there.
+    """
+    cdef int H = x.shape[0], W = x.shape[1], Cin = x.shape[2]
+    cdef int OW = out.shape[1], Cout = out.shape[2]
+    cdef int G = w.shape[0]
+    if G < 1 or Cin % G or Cout % G:
+        raise ValueError("conv2d_masked: inconsistent shapes")
+    cdef int K = kh * kw * (Cin // G), N = Cout // G
+    if K < 1 or <size_t>w.shape[1] != fd_packed_size(K, N) or bias.shape[0] != Cout:
+        raise ValueError("conv2d_masked: inconsistent shapes")
+    cdef int P = pix.shape[0]
+    if P == 0:
+        return
+    cdef int mt = max(1, min(m_tile, P))
+    cdef int n_mt = (P + mt - 1) // mt
+    n_threads = max(1, n_threads)
+    cdef float[:, ::1] cols = np.empty((n_threads, <Py_ssize_t>mt * K), np.float32)
+    cdef float[:, ::1] tiles = np.empty((n_threads, <Py_ssize_t>mt * Cout), np.float32)
+    cdef int t, tid, m0
+    with nogil, parallel(num_threads=n_threads):
+        for t in prange(n_mt, schedule="dynamic"):
+            tid = threadid()
+            m0 = t * mt
+            _conv_tile_gathered(&x[0, 0, 0], H, W, Cin, G, OW, kh, kw, sh, sw, pt, pl, dh,
+                                dw, &w[0, 0], w.shape[1], &bias[0], K, N, &pix[m0],
+                                min(mt, P - m0), &cols[tid, 0], &tiles[tid, 0],
+                                &out[0, 0, 0], act, act_min, act_max)
+
+
 def depthwise_conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
                      float[:, :, ::1] out, int kh, int kw, int sh, int sw, int pt, int pl,
-                     int dh, int dw, int act, float act_min, float act_max, int n_threads):
+                     int dh, int dw, int act, float act_min, float act_max, int n_threads,
+                     const int[::1] pix=None):
     """Depthwise convolution (groups == Cin == Cout), direct loops over channels.
 
     x    in   (H, W, C)
     w    in   (KH*KW, C), from pack_depthwise_weight
-    out  out  (OH, OW, C)
+    out  out  (OH, OW, C): the positions in pix (all when None) are written
     """
     cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
-    cdef int OH = out.shape[0], OW = out.shape[1]
+    cdef int OW = out.shape[1]
     if out.shape[2] != C or w.shape[0] != kh * kw or w.shape[1] != C or bias.shape[0] != C:
         raise ValueError("depthwise_conv2d: inconsistent shapes")
+    cdef Py_ssize_t P = ((<Py_ssize_t>out.shape[0] * OW) if pix is None else pix.shape[0])
+    if P == 0:
+        return
+    cdef const int* pp = NULL if pix is None else &pix[0]
     cdef const float* xp = &x[0, 0, 0]
     cdef const float* wp = &w[0, 0]
     cdef const float* bp = &bias[0]
     cdef float* op = &out[0, 0, 0]
+    cdef Py_ssize_t k, m
     cdef int oy, ox, i, j, iy, ix, c
     cdef float* o
     cdef const float* xs
     cdef const float* ws
-    for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
-        for ox in range(OW):
-            o = op + (<Py_ssize_t>oy * OW + ox) * C
-            for c in range(C):
-                o[c] = bp[c]
-            for i in range(kh):
-                iy = oy * sh - pt + i * dh
-                if iy < 0 or iy >= H:
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        m = pp[k] if pp != NULL else k
+        oy = <int>(m // OW)
+        ox = <int>(m % OW)
+        o = op + m * C
+        for c in range(C):
+            o[c] = bp[c]
+        for i in range(kh):
+            iy = oy * sh - pt + i * dh
+            if iy < 0 or iy >= H:
+                continue
+            for j in range(kw):
+                ix = ox * sw - pl + j * dw
+                if ix < 0 or ix >= W:
                     continue
-                for j in range(kw):
-                    ix = ox * sw - pl + j * dw
-                    if ix < 0 or ix >= W:
-                        continue
-                    xs = xp + (<Py_ssize_t>iy * W + ix) * C
-                    ws = wp + (i * kw + j) * C
-                    for c in range(C):
-                        o[c] = o[c] + xs[c] * ws[c]
-            for c in range(C):
-                o[c] = _act(o[c], act, act_min, act_max)
+                xs = xp + (<Py_ssize_t>iy * W + ix) * C
+                ws = wp + (i * kw + j) * C
+                for c in range(C):
+                    o[c] = o[c] + xs[c] * ws[c]
+        for c in range(C):
+            o[c] = _act(o[c], act, act_min, act_max)
 
 
 # --- pooling ---------------------------------------------------------------------
 
 def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
-               int sh, int sw, int pt, int pl, int dh, int dw, int n_threads):
+               int sh, int sw, int pt, int pl, int dh, int dw, int n_threads,
+               const int[::1] pix=None):
     """Max over each window; padding never wins; NaN propagates as in torch.
 
     x    in   (H, W, C)
-    out  out  (OH, OW, C)
+    out  out  (OH, OW, C): the positions in pix (all when None) are written
     """
     cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
-    cdef int OH = out.shape[0], OW = out.shape[1]
+    cdef int OW = out.shape[1]
     if out.shape[2] != C:
         raise ValueError("max_pool2d: inconsistent shapes")
+    cdef Py_ssize_t P = ((<Py_ssize_t>out.shape[0] * OW) if pix is None else pix.shape[0])
+    if P == 0:
+        return
+    cdef const int* pp = NULL if pix is None else &pix[0]
     cdef const float* xp = &x[0, 0, 0]
     cdef float* op = &out[0, 0, 0]
+    cdef Py_ssize_t k, m
     cdef int oy, ox, i, j, iy, ix, c
     cdef float* o
     cdef const float* xs
     cdef float v
-    for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
-        for ox in range(OW):
-            o = op + (<Py_ssize_t>oy * OW + ox) * C
-            for c in range(C):
-                o[c] = -INFINITY
-            for i in range(kh):
-                iy = oy * sh - pt + i * dh
-                if iy < 0 or iy >= H:
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        m = pp[k] if pp != NULL else k
+        oy = <int>(m // OW)
+        ox = <int>(m % OW)
+        o = op + m * C
+        for c in range(C):
+            o[c] = -INFINITY
+        for i in range(kh):
+            iy = oy * sh - pt + i * dh
+            if iy < 0 or iy >= H:
+                continue
+            for j in range(kw):
+                ix = ox * sw - pl + j * dw
+                if ix < 0 or ix >= W:
                     continue
-                for j in range(kw):
-                    ix = ox * sw - pl + j * dw
-                    if ix < 0 or ix >= W:
-                        continue
-                    xs = xp + (<Py_ssize_t>iy * W + ix) * C
-                    for c in range(C):
-                        v = xs[c]
-                        if v > o[c] or v != v:
-                            o[c] = v
+                xs = xp + (<Py_ssize_t>iy * W + ix) * C
+                for c in range(C):
+                    v = xs[c]
+                    if v > o[c] or v != v:
+                        o[c] = v
 
 
 def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
@@ -454,92 +534,90 @@ def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
                 out[c0 + c] = <float>(acc[c] / P)
 
 
-# --- elementwise -----------------------------------------------------------------
+# --- elementwise: (P, C) arrays, positions by channels -----------------------------
 
-DEF CHUNK = 16384
-
-
-def add(const float[::1] a, const float[::1] b, float[::1] out, int n_threads):
-    """out = a + b, flat arrays of equal length."""
-    cdef Py_ssize_t n = out.shape[0]
-    if a.shape[0] != n or b.shape[0] != n:
+def add(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int n_threads,
+        const int[::1] pix=None):
+    """out[p] = a[p] + b[p] for the positions p in pix (all when None)."""
+    cdef int C = out.shape[1]
+    if a.shape[0] != out.shape[0] or b.shape[0] != out.shape[0] or a.shape[1] != C \
+            or b.shape[1] != C:
         raise ValueError("add: inconsistent shapes")
-    cdef Py_ssize_t k, i, i1
-    for k in prange((n + CHUNK - 1) // CHUNK, nogil=True, num_threads=n_threads,
-                    schedule="static"):
-        i1 = min(n, (k + 1) * CHUNK)
-        for i in range(k * CHUNK, i1):
-            out[i] = a[i] + b[i]
+    cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
+    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    cdef Py_ssize_t k, p
+    cdef int c
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        p = pp[k] if pp != NULL else k
+        for c in range(C):
+            out[p, c] = a[p, c] + b[p, c]
 
 
-def activation(const float[::1] x, float[::1] out, int act, float lo, float hi,
-               int n_threads):
-    """out = act(x): relu or clamp(lo, hi) (ACT_* codes), flat arrays."""
-    cdef Py_ssize_t n = out.shape[0]
-    if x.shape[0] != n:
+def activation(const float[:, ::1] x, float[:, ::1] out, int act, float lo, float hi,
+               int n_threads, const int[::1] pix=None):
+    """out[p] = act(x[p]) (ACT_* codes; ACT_NONE copies) for p in pix (all when None)."""
+    cdef int C = out.shape[1]
+    if x.shape[0] != out.shape[0] or x.shape[1] != C:
         raise ValueError("activation: inconsistent shapes")
-    cdef Py_ssize_t k, i, i1
-    for k in prange((n + CHUNK - 1) // CHUNK, nogil=True, num_threads=n_threads,
-                    schedule="static"):
-        i1 = min(n, (k + 1) * CHUNK)
-        for i in range(k * CHUNK, i1):
-            out[i] = _act(x[i], act, lo, hi)
+    cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
+    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    cdef Py_ssize_t k, p
+    cdef int c
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        p = pp[k] if pp != NULL else k
+        for c in range(C):
+            out[p, c] = _act(x[p, c], act, lo, hi)
 
 
 def affine(const float[:, ::1] x, const float[::1] scale, const float[::1] shift,
-           float[:, ::1] out, int n_threads):
-    """out[p, c] = x[p, c] * scale[c] + shift[c]  (standalone batch norm).
-
-    x    in   (P, C) positions by channels
-    out  out  (P, C)
-    """
-    cdef Py_ssize_t P = x.shape[0]
+           float[:, ::1] out, int n_threads, const int[::1] pix=None):
+    """out[p, c] = x[p, c] * scale[c] + shift[c] (standalone batch norm), p in pix."""
     cdef int C = x.shape[1]
-    if out.shape[0] != P or out.shape[1] != C or scale.shape[0] != C or shift.shape[0] != C:
+    if out.shape[0] != x.shape[0] or out.shape[1] != C or scale.shape[0] != C \
+            or shift.shape[0] != C:
         raise ValueError("affine: inconsistent shapes")
-    cdef Py_ssize_t p
+    cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
+    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    cdef Py_ssize_t k, p
     cdef int c
-    for p in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        p = pp[k] if pp != NULL else k
         for c in range(C):
             out[p, c] = x[p, c] * scale[c] + shift[c]
 
 
-def concat_channels(list xs, float[:, ::1] out, int n_threads):
-    """Concatenate (P, C_k) arrays along channels into out (P, sum C_k)."""
-    cdef int n_in = len(xs)
-    cdef Py_ssize_t P = out.shape[0]
-    cdef int Ctot = out.shape[1]
+def concat_channels(list xs, float[:, ::1] out, int n_threads, const int[::1] pix=None):
+    """Concatenate (P, C_k) arrays along channels into out (P, sum C_k), at pix."""
+    cdef int n_in = len(xs), k, off
+    cdef Py_ssize_t[::1] ptrs = np.empty(max(1, n_in), np.intp)
+    cdef int[::1] chans = np.empty(max(1, n_in), np.intc)
     cdef const float[:, ::1] v
-    cdef float** ptrs = <float**>malloc(n_in * sizeof(float*))
-    cdef int* chans = <int*>malloc(n_in * sizeof(int))
-    cdef int k, off
-    cdef Py_ssize_t p
-    try:
+    off = 0
+    for k in range(n_in):
+        v = xs[k]
+        if v.shape[0] != out.shape[0]:
+            raise ValueError("concat_channels: inconsistent shapes")
+        ptrs[k] = <Py_ssize_t>&v[0, 0]
+        chans[k] = v.shape[1]
+        off += chans[k]
+    if off != out.shape[1]:
+        raise ValueError("concat_channels: channel counts do not add up")
+    cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
+    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    cdef Py_ssize_t i, p
+    for i in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        p = pp[i] if pp != NULL else i
         off = 0
         for k in range(n_in):
-            v = xs[k]
-            if v.shape[0] != P:
-                raise ValueError("concat_channels: inconsistent shapes")
-            ptrs[k] = <float*>&v[0, 0]
-            chans[k] = v.shape[1]
-            off += chans[k]
-        if off != Ctot:
-            raise ValueError("concat_channels: channel counts do not add up")
-        for p in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
-            off = 0
-            for k in range(n_in):
-                memcpy(&out[p, off], ptrs[k] + p * chans[k], chans[k] * sizeof(float))
-                off = off + chans[k]
-    finally:
-        free(ptrs)
-        free(chans)
+            memcpy(&out[p, off], (<float*>ptrs[k]) + p * chans[k], chans[k] * sizeof(float))
+            off = off + chans[k]
 
 
 # --- resizing --------------------------------------------------------------------
 
 def gather_pixels(const float[:, :, ::1] x, const int[::1] iy, const int[::1] ix,
-                  float[:, :, ::1] out, int n_threads):
-    """out[oy, ox, :] = x[iy[oy], ix[ox], :]  (nearest upsampling).
+                  float[:, :, ::1] out, int n_threads, const int[::1] pix=None):
+    """out[oy, ox, :] = x[iy[oy], ix[ox], :] (nearest upsampling), at pix.
 
     iy, ix in: source row and column per output row and column, inside x.
     """
@@ -547,18 +625,21 @@ def gather_pixels(const float[:, :, ::1] x, const int[::1] iy, const int[::1] ix
     cdef int OH = out.shape[0], OW = out.shape[1]
     if out.shape[2] != C or iy.shape[0] != OH or ix.shape[0] != OW:
         raise ValueError("gather_pixels: inconsistent shapes")
+    cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
+    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef const float* xp = &x[0, 0, 0]
-    cdef int oy, ox
-    for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
-        for ox in range(OW):
-            memcpy(&out[oy, ox, 0], xp + (<Py_ssize_t>iy[oy] * W + ix[ox]) * C,
-                   C * sizeof(float))
+    cdef float* op = &out[0, 0, 0]
+    cdef Py_ssize_t k, m
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        m = pp[k] if pp != NULL else k
+        memcpy(op + m * C, xp + (<Py_ssize_t>iy[m // OW] * W + ix[m % OW]) * C,
+               C * sizeof(float))
 
 
 def bilinear(const float[:, :, ::1] x, const int[:, ::1] ys, const float[:, ::1] wy,
              const int[:, ::1] xs, const float[:, ::1] wx, float[:, :, ::1] out,
-             int n_threads):
-    """Bilinear resize with precomputed taps (see plan.bilinear_taps).
+             int n_threads, const int[::1] pix=None):
+    """Bilinear resize with precomputed taps (ops.bilinear_taps), at pix.
 
     ys, wy  in  (OH, 2): source rows and their weights per output row
     xs, wx  in  (OW, 2): source columns and their weights per output column
@@ -568,24 +649,29 @@ def bilinear(const float[:, :, ::1] x, const int[:, ::1] ys, const float[:, ::1]
     cdef int OH = out.shape[0], OW = out.shape[1]
     if out.shape[2] != C or ys.shape[0] != OH or xs.shape[0] != OW:
         raise ValueError("bilinear: inconsistent shapes")
+    cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
+    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef const float* xp = &x[0, 0, 0]
+    cdef Py_ssize_t k, m
     cdef int oy, ox, c
     cdef const float* r0
     cdef const float* r1
     cdef float h0, h1, w0, w1
     cdef float* o
-    for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        m = pp[k] if pp != NULL else k
+        oy = <int>(m // OW)
+        ox = <int>(m % OW)
         r0 = xp + <Py_ssize_t>ys[oy, 0] * W * C
         r1 = xp + <Py_ssize_t>ys[oy, 1] * W * C
         h0 = wy[oy, 0]
         h1 = wy[oy, 1]
-        for ox in range(OW):
-            w0 = wx[ox, 0]
-            w1 = wx[ox, 1]
-            o = &out[oy, ox, 0]
-            for c in range(C):
-                o[c] = (h0 * (w0 * r0[xs[ox, 0] * C + c] + w1 * r0[xs[ox, 1] * C + c])
-                        + h1 * (w0 * r1[xs[ox, 0] * C + c] + w1 * r1[xs[ox, 1] * C + c]))
+        w0 = wx[ox, 0]
+        w1 = wx[ox, 1]
+        o = &out[0, 0, 0] + m * C
+        for c in range(C):
+            o[c] = (h0 * (w0 * r0[xs[ox, 0] * C + c] + w1 * r0[xs[ox, 1] * C + c])
+                    + h1 * (w0 * r1[xs[ox, 0] * C + c] + w1 * r1[xs[ox, 1] * C + c]))
 
 
 # --- vectors ---------------------------------------------------------------------

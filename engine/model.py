@@ -43,8 +43,8 @@ def effective_n_threads(n_threads):
 class PlanStep:
     """One node as the incremental path sees it (shared by every stream of a model)."""
     node: object
-    dense: object        # run(inputs, out, n_threads)
-    masked: object       # run(inputs, out, pix, n_threads), or None: recompute whole
+    run: object          # run(inputs, out, n_threads, pix=None), shared with Model.run
+    masked: bool         # run() may be given pix; False: recompute the node whole
     rule: object         # receptive.SAME, per-axis (lo, hi) ranges, or None (global)
     mask_shape: tuple    # (OH, OW) for images, (1, 1) otherwise
     macs: int            # dense multiply-accumulates of the node
@@ -60,7 +60,6 @@ class Model:
         self.shapes = check_graph(graph, path)
         self.n_threads = effective_n_threads(n_threads)
         self._lock = threading.Lock()
-        self._m_tile = m_tile
         self._plan = None
         self._steps = []
         for node in graph.nodes:
@@ -160,13 +159,8 @@ class Model:
                     in_shapes = [self.shapes[t] for t in node.inputs]
                     out_shape = self.shapes[node.outputs[0]]
                     rule = node_rule(node, self.shapes, RECEPTIVE_RULES)
-                    prepare = REGISTRY[node.op].masked
-                    masked = None
-                    if rule is not None and prepare is not None:
-                        kw = {"m_tile": self._m_tile} if node.op == "conv2d" else {}
-                        masked = prepare(node, attrs, in_shapes, out_shape, **kw)
                     plan.append(PlanStep(
-                        node, run, masked, rule,
+                        node, run, rule is not None and REGISTRY[node.op].masked, rule,
                         tuple(out_shape[2:]) if len(out_shape) == 4 else (1, 1),
                         OPS[node.op].count_macs(attrs, in_shapes, [out_shape]),
                         DENSE_FALLBACK.get(node.op, DEFAULT_FALLBACK)))

@@ -1,9 +1,14 @@
 """Each op's kernel bound to one node: weights packed, tables precomputed, once.
 
 ``prepare_<op>(node, attrs, in_shapes, out_shape)`` returns ``run(inputs, out,
-n_threads)``, which fills ``out`` (engine layout, see layout.py) from ``inputs``. All
-the work that depends only on the node (weight packing, resize tables, tile sizes)
-happens here, at load time, so that a run is just kernel calls.
+n_threads, pix=None)``, which computes ``out`` (engine layout, see layout.py) from
+``inputs``: every position when ``pix`` is None (the dense path), else only the flat
+output positions in ``pix`` (the incremental path: ``out`` is the node's cache and the
+other positions keep their values). Both paths run the same code per position, so
+they agree bit for bit. Ops registered without a masked form (global ones) ignore
+``pix``: the stream only ever calls them whole. All the work that depends only on the
+node (weight packing, resize tables, tile sizes) happens here, at load time, once for
+both paths, so that a run is just kernel calls.
 """
 
 import math
@@ -111,15 +116,20 @@ def pack_depthwise_weight(w):
     return np.ascontiguousarray(w.reshape(c, kh * kw).T)
 
 
+def positions(a):
+    """(P, C) view of an engine-layout array: (H*W, C) for images, (1, F) otherwise."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim == 3 else a.reshape(1, -1)
+
+
 def prepare_conv2d(node, attrs, in_shapes, out_shape, m_tile=None):
     kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi = _conv_common(attrs)
     bias = np.ascontiguousarray(node.weights["bias"], np.float32)
     if is_depthwise(attrs, in_shapes):
         w = pack_depthwise_weight(node.weights["weight"])
 
-        def run(inputs, out, n_threads):
+        def run(inputs, out, n_threads, pix=None):
             K.depthwise_conv2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, dh, dw,
-                               act, lo, hi, n_threads)
+                               act, lo, hi, n_threads, pix)
         return run
 
     g = attrs["groups"]
@@ -128,25 +138,28 @@ def prepare_conv2d(node, attrs, in_shapes, out_shape, m_tile=None):
     m = out_shape[2] * out_shape[3]
     mt, ns = conv_tiling(m, kh * kw * cin_g, cout // g, g, m_tile)
 
-    def run(inputs, out, n_threads):
-        K.conv2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi,
-                 mt, ns, n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        if pix is None:
+            K.conv2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi,
+                     mt, ns, n_threads)
+        else:
+            K.conv2d_masked(inputs[0], w, bias, out, pix, kh, kw, sh, sw, pt, pl, dh, dw,
+                            act, lo, hi, mt, n_threads)
     return run
 
 
 def prepare_batch_norm(node, attrs, in_shapes, out_shape):
     scale = np.ascontiguousarray(node.weights["scale"], np.float32)
     shift = np.ascontiguousarray(node.weights["shift"], np.float32)
-    c = scale.shape[0]
 
-    def run(inputs, out, n_threads):
-        K.affine(inputs[0].reshape(-1, c), scale, shift, out.reshape(-1, c), n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        K.affine(positions(inputs[0]), scale, shift, positions(out), n_threads, pix)
     return run
 
 
 def _prepare_activation(act, lo, hi):
-    def run(inputs, out, n_threads):
-        K.activation(inputs[0].reshape(-1), out.reshape(-1), act, lo, hi, n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        K.activation(positions(inputs[0]), positions(out), act, lo, hi, n_threads, pix)
     return run
 
 
@@ -158,39 +171,41 @@ def prepare_clamp(node, attrs, in_shapes, out_shape):
     return _prepare_activation(ACTIVATIONS["clamp"], float(attrs["min"]), float(attrs["max"]))
 
 
+def prepare_identity(node, attrs, in_shapes, out_shape):
+    return _prepare_activation(ACTIVATIONS["none"], 0.0, 0.0)
+
+
 def prepare_max_pool2d(node, attrs, in_shapes, out_shape):
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     pt, pl, _, _ = attrs["pads"]
     dh, dw = attrs["dilation"]
 
-    def run(inputs, out, n_threads):
-        K.max_pool2d(inputs[0], out, kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        K.max_pool2d(inputs[0], out, kh, kw, sh, sw, pt, pl, dh, dw, n_threads, pix)
     return run
 
 
 def prepare_global_avg_pool(node, attrs, in_shapes, out_shape):
-    def run(inputs, out, n_threads):
+    def run(inputs, out, n_threads, pix=None):
         K.global_avg_pool(inputs[0], out.reshape(-1), n_threads)
     return run
 
 
 def prepare_add(node, attrs, in_shapes, out_shape):
-    def run(inputs, out, n_threads):
-        K.add(inputs[0].reshape(-1), inputs[1].reshape(-1), out.reshape(-1), n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        K.add(positions(inputs[0]), positions(inputs[1]), positions(out), n_threads, pix)
     return run
 
 
 def prepare_concat(node, attrs, in_shapes, out_shape):
     if len(out_shape) == 4 or len(out_shape) == 2:
         # channels are the last engine axis for images and the only one for vectors
-        def run(inputs, out, n_threads):
-            c = out.shape[-1]
-            K.concat_channels([a.reshape(-1, a.shape[-1]) for a in inputs],
-                              out.reshape(-1, c), n_threads)
+        def run(inputs, out, n_threads, pix=None):
+            K.concat_channels([positions(a) for a in inputs], positions(out), n_threads, pix)
         return run
 
-    def run_other(inputs, out, n_threads):
+    def run_other(inputs, out, n_threads, pix=None):
         out[...] = np.concatenate(inputs, axis=attrs["axis"])
     return run_other
 
@@ -205,8 +220,8 @@ def prepare_upsample_nearest(node, attrs, in_shapes, out_shape):
     iy = nearest_indices(out_shape[2], in_shapes[0][2], attrs["scales"][0])
     ix = nearest_indices(out_shape[3], in_shapes[0][3], attrs["scales"][1])
 
-    def run(inputs, out, n_threads):
-        K.gather_pixels(inputs[0], iy, ix, out, n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        K.gather_pixels(inputs[0], iy, ix, out, n_threads, pix)
     return run
 
 
@@ -235,8 +250,8 @@ def prepare_upsample_bilinear(node, attrs, in_shapes, out_shape):
     ys, wy = bilinear_taps(out_shape[2], in_shapes[0][2], ac, attrs["scales"][0])
     xs, wx = bilinear_taps(out_shape[3], in_shapes[0][3], ac, attrs["scales"][1])
 
-    def run(inputs, out, n_threads):
-        K.bilinear(inputs[0], ys, wy, xs, wx, out, n_threads)
+    def run(inputs, out, n_threads, pix=None):
+        K.bilinear(inputs[0], ys, wy, xs, wx, out, n_threads, pix)
     return run
 
 
@@ -244,7 +259,7 @@ def prepare_linear(node, attrs, in_shapes, out_shape):
     w = pack_linear_weight(node.weights["weight"])
     b = np.ascontiguousarray(node.weights["bias"], np.float32)
 
-    def run(inputs, out, n_threads):
+    def run(inputs, out, n_threads, pix=None):
         K.linear(inputs[0], w, b, out, n_threads)
     return run
 
@@ -252,13 +267,7 @@ def prepare_linear(node, attrs, in_shapes, out_shape):
 def prepare_reshape(node, attrs, in_shapes, out_shape):
     in_shape = in_shapes[0]
 
-    def run(inputs, out, n_threads):
+    def run(inputs, out, n_threads, pix=None):
         # torch's view is row-major over torch layout: go there and back
         out[...] = to_internal(to_torch(inputs[0], in_shape).reshape(out_shape), out_shape)
-    return run
-
-
-def prepare_identity(node, attrs, in_shapes, out_shape):
-    def run(inputs, out, n_threads):
-        out[...] = inputs[0]
     return run

@@ -10,7 +10,7 @@ One rule per op, keyed by op name in the registry, of the form
   nothing, e.g. a window in the padding);
 - ``None``: every input position (global ops: one change anywhere changes all).
 
-The incremental path dilates change masks with these ranges (``_incremental.dilate_mask``);
+The incremental path dilates change masks with these ranges (``_masks.dilate_mask``);
 ``framedelta info`` composes them into receptive-field sizes.
 """
 

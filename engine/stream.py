@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _incremental as I
+from . import _masks as I
 from .layout import internal_shape, to_internal, to_torch
 
 DETECTORS = ("pixel", "block")
@@ -243,14 +243,11 @@ class Stream:
             else:
                 mask = self._propagate(step, masks)
                 frac = 0.0 if mask is None else np.count_nonzero(mask) / mask.size
-                dense = step.masked is None or frac > step.fallback
+                dense = not step.masked or frac > step.fallback
                 if frac == 0:
                     mask = None
             if frac > 0:
-                if dense:
-                    step.dense(inputs, out, nt)
-                else:
-                    step.masked(inputs, out, I.mask_indices(mask), nt)
+                step.run(inputs, out, nt, None if dense else I.mask_indices(mask))
             masks[out_name] = mask
             computed = 1.0 if dense and frac > 0 else frac
             macs += int(round(step.macs * computed))

@@ -45,16 +45,17 @@ def fixed_camera_frames(n_frames=50, height=360, width=480, coverage=0.03, seed=
     for _ in range(n_obj):
         side = np.sqrt(area / n_obj)
         oh, ow = max(2, int(side * 1.6)), max(2, int(side / 1.6))
-        objs.append(dict(h=min(oh, height), w=min(ow, width),
-                         y=rng.uniform(0, height - min(oh, height)),
-                         x=rng.uniform(0, width - min(ow, width)),
+        oh, ow = min(oh, height), min(ow, width)
+        # textured, like people and cars: a moving object changes its whole area
+        texture = rng.uniform(20, 235, 3) + rng.normal(0, 25, (oh, ow, 3))
+        objs.append(dict(h=oh, w=ow, y=rng.uniform(0, height - oh), x=rng.uniform(0, width - ow),
                          vy=rng.uniform(-1, 1), vx=rng.choice([-1, 1]) * rng.uniform(2, 5),
-                         color=rng.uniform(20, 235, 3)))
+                         texture=texture.astype(np.float32)))
     for _ in range(n_frames):
         frame = bg.copy()
         for o in objs:
             y0, x0 = int(o["y"]), int(o["x"])
-            frame[y0:y0 + o["h"], x0:x0 + o["w"]] = o["color"]
+            frame[y0:y0 + o["h"], x0:x0 + o["w"]] = o["texture"]
             o["y"] += o["vy"]
             o["x"] += o["vx"]
             if not 0 <= o["x"] <= width - o["w"]:

@@ -209,6 +209,46 @@ def test_kernel_matches_reference(op, data):
         assert_matches(y, ref)
 
 
+MASKED_OPS = sorted(op for op in OPS if op in ("conv2d", "batch_norm", "relu", "clamp",
+                                               "identity", "max_pool2d", "add", "concat",
+                                               "upsample_nearest", "upsample_bilinear"))
+
+
+def test_masked_ops_are_the_registry_s():
+    from framedelta.engine.registry import REGISTRY
+    assert MASKED_OPS == sorted(op for op, impl in REGISTRY.items() if impl.masked)
+
+
+@pytest.mark.parametrize("op", MASKED_OPS)
+@given(data=st.data())
+def test_masked_kernel_writes_exactly_its_positions(op, data):
+    """With pix, a kernel writes those output positions, the same bits as the dense
+    pass, and leaves every other position of the cache alone."""
+    from framedelta.engine.layout import internal_shape, to_internal
+    from framedelta.engine.registry import REGISTRY
+    from framedelta.formats.ops import resolve_attrs
+    attrs, in_shapes, weights, inputs, _ = draw_case(data, op)
+    assume(_valid(op, attrs, in_shapes))
+    full = resolve_attrs(OPS[op], attrs)
+    out_shape = tuple(OPS[op].infer(full, in_shapes)[0])
+    assume(len(out_shape) == 4)
+    node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
+    m_tile = data.draw(st.sampled_from([None, 1, 5]))
+    kw = {"m_tile": m_tile} if op == "conv2d" else {}
+    run = REGISTRY[op].prepare(node, full, in_shapes, out_shape, **kw)
+    xs = [to_internal(x, sh) for x, sh in zip(inputs, in_shapes)]
+    dense = np.empty(internal_shape(out_shape), np.float32)
+    run(xs, dense, 2)
+    n_pos = out_shape[2] * out_shape[3]
+    keep = np.asarray(data.draw(st.lists(st.booleans(), min_size=n_pos, max_size=n_pos)))
+    pix = np.flatnonzero(keep).astype(np.int32)
+    cache = np.full(internal_shape(out_shape), np.float32(-7.25))
+    run(xs, cache, data.draw(st.sampled_from([1, 2])), pix)
+    flat, dflat = cache.reshape(n_pos, -1), dense.reshape(n_pos, -1)
+    np.testing.assert_array_equal(flat[keep], dflat[keep])
+    assert (flat[~keep] == np.float32(-7.25)).all()
+
+
 def _torch_op(op, attrs, weights, ts):
     t = {k: torch.from_numpy(v) for k, v in weights.items()}
     x = ts[0]

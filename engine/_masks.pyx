@@ -1,0 +1,147 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Masks of the incremental path: change detection and change propagation.
+
+The detector compares a new input with the stream's reference (per pixel, the max over
+channels of |x - reference|, then a per-pixel or per-tile threshold); propagation
+dilates a node's input mask by the exact input ranges of its output rows and columns
+(receptive.py). The op kernels themselves, dense and masked, are in _kernels.pyx.
+"""
+
+cimport cython
+from cython.parallel cimport prange
+from libc.math cimport fabsf
+
+import numpy as np
+
+ctypedef unsigned char u8
+
+# --- change detection ------------------------------------------------------------
+
+def max_abs_diff_f32(const float[:, :, ::1] x, const float[:, :, ::1] ref,
+                     float[:, ::1] out, int n_threads):
+    """out[y, x] = max over channels |x - ref|; NaN anywhere gives NaN (= changed).
+
+    x, ref  in   (H, W, C) float32
+    out     out  (H, W)
+    """
+    cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
+    cdef int y, i, c
+    cdef float m, d
+    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+        for i in range(W):
+            m = 0.0
+            for c in range(C):
+                d = fabsf(x[y, i, c] - ref[y, i, c])
+                if d > m or d != d:
+                    m = d
+                    if d != d:
+                        break
+            out[y, i] = m
+
+
+def max_abs_diff_u8(const u8[:, :, ::1] x, const u8[:, :, ::1] ref, float[:, ::1] out,
+                    int n_threads):
+    """out[y, x] = max over channels |x - ref| for uint8 frames, in pixel units."""
+    cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
+    cdef int y, i, c, d, m
+    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+        for i in range(W):
+            m = 0
+            for c in range(C):
+                d = <int>x[y, i, c] - <int>ref[y, i, c]
+                if d < 0:
+                    d = -d
+                if d > m:
+                    m = d
+            out[y, i] = m
+
+
+# --- mask propagation --------------------------------------------------------------
+
+def dilate_mask(const u8[:, ::1] m, const int[::1] lo_y, const int[::1] hi_y,
+                const int[::1] lo_x, const int[::1] hi_x, u8[:, ::1] out):
+    """out[oy, ox] = any(m[lo_y[oy]:hi_y[oy]+1, lo_x[ox]:hi_x[ox]+1]).
+
+    The ranges are the exact input windows of each output row and column (see
+    receptive.py), clipped to the input; an empty range (lo > hi) reads nothing.
+    Two passes of prefix sums: O(H*W + H*OW + OH*OW) whatever the window size.
+    """
+    cdef int H = m.shape[0], W = m.shape[1], OH = out.shape[0], OW = out.shape[1]
+    if lo_y.shape[0] != OH or hi_y.shape[0] != OH or lo_x.shape[0] != OW or hi_x.shape[0] != OW:
+        raise ValueError("dilate_mask: inconsistent shapes")
+    cdef int[:, ::1] rows = np.zeros((H + 1, OW), np.int32)   # prefix over input rows
+    cdef int[::1] pre = np.empty(W + 1, np.int32)
+    cdef int r, c, o
+    with nogil:
+        for r in range(H):
+            pre[0] = 0
+            for c in range(W):
+                pre[c + 1] = pre[c] + (m[r, c] != 0)
+            for o in range(OW):
+                rows[r + 1, o] = rows[r, o] + (lo_x[o] <= hi_x[o] and
+                                               pre[hi_x[o] + 1] - pre[lo_x[o]] > 0)
+        for o in range(OH):
+            for c in range(OW):
+                out[o, c] = lo_y[o] <= hi_y[o] and rows[hi_y[o] + 1, c] - rows[lo_y[o], c] > 0
+
+
+def mask_indices(const u8[:, ::1] m):
+    """Flat indices (int32, ascending) of the set positions of a 2-D mask."""
+    cdef Py_ssize_t n = m.shape[0] * m.shape[1], i, k = 0
+    cdef const u8* p = &m[0, 0]
+    for i in range(n):
+        k += p[i] != 0
+    cdef int[::1] out = np.empty(k, np.int32)
+    k = 0
+    for i in range(n):
+        if p[i]:
+            out[k] = <int>i
+            k += 1
+    return np.asarray(out)
+
+
+# --- change masks from per-pixel differences ---------------------------------------
+
+def pixel_change_mask(const float[:, ::1] d, float t, u8[:, ::1] out):
+    """out = d > t (NaN counts as changed); returns the number of changed pixels."""
+    cdef int H = d.shape[0], W = d.shape[1], y, x
+    cdef Py_ssize_t n = 0
+    with nogil:
+        for y in range(H):
+            for x in range(W):
+                out[y, x] = not (d[y, x] <= t)
+                n += out[y, x]
+    return n
+
+
+def block_change_mask(const float[:, ::1] d, float t, int b, u8[:, ::1] out):
+    """Per b x b tile: changed, whole, when the tile's mean of d exceeds t (NaN: changed).
+
+    Tiles at the right and bottom edges may be partial: their mean is over the pixels
+    they have. Returns the number of changed pixels.
+    """
+    cdef int H = d.shape[0], W = d.shape[1]
+    cdef int iy, ix, ty, tx, y, x, y1, x1
+    cdef double s
+    cdef bint ch
+    cdef Py_ssize_t n = 0
+    if b < 1:
+        raise ValueError("block_change_mask: block must be positive")
+    with nogil:
+        for iy in range((H + b - 1) // b):
+            ty = iy * b
+            y1 = min(H, ty + b)
+            for ix in range((W + b - 1) // b):
+                tx = ix * b
+                x1 = min(W, tx + b)
+                s = 0.0
+                for y in range(ty, y1):
+                    for x in range(tx, x1):
+                        s = s + d[y, x]
+                ch = not (s / ((y1 - ty) * (x1 - tx)) <= t)
+                for y in range(ty, y1):
+                    for x in range(tx, x1):
+                        out[y, x] = ch
+                if ch:
+                    n += (y1 - ty) * (x1 - tx)
+    return n
