@@ -96,7 +96,7 @@ setup(
                  "framedelta.formats": "formats", "framedelta.converters": "converters"},
     package_data={"framedelta.formats": ["SPEC.md"]},
     ext_modules=extensions(),
-    install_requires=["numpy>=1.24", "scipy>=1.10", "h5py>=3.8", "threadpoolctl>=3.1",
+    install_requires=["numpy>=1.24", "h5py>=3.8",
                       "tqdm>=4.60"],
     extras_require={
         "torch": ["torch==2.13.0"],

@@ -80,6 +80,20 @@ def machine_facts(n_threads):
     return facts
 
 
+def onnxruntime_session(net, example, path, n_threads):
+    """``net`` exported to ONNX at ``path`` (TorchScript exporter, opset 17, input "x")
+    and an onnxruntime CPU session on ``n_threads`` threads, sequential."""
+    import onnxruntime as ort
+    import torch
+    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = n_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def interleaved(engines, rounds, warmup=2):
     """Time each engine once per round, round-robin; returns per-engine times and load.
 

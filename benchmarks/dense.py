@@ -21,13 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ROOT, interleaved, machine_facts, median_ms,  # noqa: E402
-                    replace_section, write_json)
+                    onnxruntime_session, replace_section, write_json)
 
 MODELS = ["resnet18", "mobilenet_v2", "unet"]
 
 
 def build_engines(name, shape, n_threads, tmp):
-    import onnxruntime as ort
     import torch
 
     import framedelta as fd
@@ -38,14 +37,7 @@ def build_engines(name, shape, n_threads, tmp):
     path = Path(tmp) / f"{name}.h5"
     fd.convert(net, x, path)
     model = fd.load(path, n_threads=n_threads)
-    onnx_path = Path(tmp) / f"{name}.onnx"
-    torch.onnx.export(net, (x,), str(onnx_path), dynamo=False, opset_version=17,
-                      input_names=["x"])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = n_threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = onnxruntime_session(net, x, Path(tmp) / f"{name}.onnx", n_threads)
     xn = x.numpy()
     net_cl = ZOO[name]().to(memory_format=torch.channels_last)
     net_cl.load_state_dict(net.state_dict())

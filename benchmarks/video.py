@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, RESULTS, LoadMeter, machine_facts, replace_section,  # noqa: E402
-                    write_json)
+from common import (ROOT, RESULTS, LoadMeter, machine_facts,  # noqa: E402
+                    onnxruntime_session, replace_section, write_json)
 
 MODELS = ["resnet18", "mobilenet_v2", "unet"]
 IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -36,7 +36,6 @@ DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
 
 
 def build(name, h, w, n_threads, tmp):
-    import onnxruntime as ort
     import torch
 
     import framedelta as fd
@@ -48,13 +47,7 @@ def build(name, h, w, n_threads, tmp):
     path = Path(tmp) / f"{name}.h5"
     fd.convert(net, x, path, preprocess=Preprocess(**IMAGENET))
     model = fd.load(path, n_threads=n_threads)
-    onnx_path = Path(tmp) / f"{name}.onnx"
-    torch.onnx.export(net, (x,), str(onnx_path), dynamo=False, opset_version=17,
-                      input_names=["x"])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = n_threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = onnxruntime_session(net, x, Path(tmp) / f"{name}.onnx", n_threads)
     mean = np.array(IMAGENET["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.array(IMAGENET["std"], np.float32).reshape(1, 3, 1, 1)
 
@@ -134,6 +127,7 @@ def table(rows):
 
 def plot(sweep_rows, path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -148,6 +142,8 @@ def plot(sweep_rows, path):
                     label=f"{model} MAC bound")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("changed input pixels (%)")
         ax.set_title(f"detector {d}" + (" 16" if d == "block" else "") + ", threshold 8")
         ax.grid(alpha=0.3)

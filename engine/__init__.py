@@ -11,7 +11,7 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
         "framedelta's compiled kernels (framedelta.engine._kernels) could not be "
         f"imported: {e}.\nIf you are working from a source checkout, build them with\n"
         "    pip install -e .            (or: python setup.py build_ext --inplace)\n"
-        "which needs a C compiler, Cython, numpy and scipy. If you installed a wheel, "
+        "which needs a C compiler, Cython and numpy. If you installed a wheel, "
         "reinstall it: pip install --force-reinstall framedelta") from e
 
 from .model import Model, effective_n_threads  # noqa: E402

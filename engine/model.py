@@ -9,7 +9,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from framedelta.formats.graph import check_graph
 from framedelta.formats.ops import OPS, resolve_attrs
@@ -18,17 +17,6 @@ from . import _kernels
 from .layout import internal_shape, to_internal, to_torch
 from .receptive import node_rule
 from .registry import RECEPTIVE_RULES, REGISTRY
-
-_BLAS = None
-
-
-def _blas_controller():
-    # Built once: scanning the loaded libraries costs milliseconds.
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = ThreadpoolController().select(user_api="blas")
-    return _BLAS
-
 
 def effective_n_threads(n_threads):
     """None or -1: all cores OpenMP sees (OMP_NUM_THREADS respected); k > 0: k."""
@@ -94,24 +82,30 @@ class Model:
         x /= np.asarray(p.std, np.float32)
         return np.ascontiguousarray(x)
 
+    def is_frame(self, x):
+        """True for a uint8 (H, W, C) camera frame this model can take; ValueError for a
+        frame it cannot (no preprocessing declared, or the wrong size); False otherwise."""
+        if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3):
+            return False
+        if not self.takes_frames:
+            raise ValueError("this model takes float32 (1, C, H, W) tensors: its file "
+                             "declares no image preprocessing for uint8 frames")
+        _, c, h, w = self.input_shape
+        if x.shape != (h, w, c):
+            raise ValueError(f"frame shape: expected {(h, w, c)} (H, W, 3 uint8), "
+                             f"received {x.shape}")
+        return True
+
     def to_engine_input(self, x):
         """Check ``x`` and return it in engine layout (ValueError naming what is wrong)."""
-        if hasattr(x, "detach"):          # a torch tensor, without importing torch
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
-        _, c, h, w = self.input_shape
-        if x.dtype == np.uint8 and x.ndim == 3:
-            if not self.takes_frames:
-                raise ValueError("this model takes float32 (1, C, H, W) tensors: its file "
-                                 "declares no image preprocessing for uint8 frames")
-            if x.shape != (h, w, c):
-                raise ValueError(f"frame shape: expected {(h, w, c)} (H, W, 3 uint8), "
-                                 f"received {x.shape}")
+        if self.is_frame(x):
             return self.frame_to_internal(x)
         return to_internal(self.check_input(x), self.input_shape)
 
     def check_input(self, x):
         """``x`` as a float32 array of :attr:`input_shape`; ValueError otherwise."""
+        if hasattr(x, "detach"):          # a torch tensor, without importing torch
+            x = x.detach().cpu().numpy()
         x = np.asarray(x)
         if x.dtype != np.float32:
             raise ValueError(f"input dtype: expected float32, received {x.dtype}")
@@ -127,7 +121,7 @@ class Model:
         """
         xi = self.to_engine_input(x)
         nt = self.n_threads if n_threads is None else effective_n_threads(n_threads)
-        with self._lock, _blas_controller().limit(limits=1):
+        with self._lock:
             env = {self.graph.input.name: xi}
             for node, run, out in self._steps:
                 run([env[t] for t in node.inputs], out, nt)

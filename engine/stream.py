@@ -123,7 +123,7 @@ class Stream:
         the model file declares image preprocessing (threshold then in pixel units).
         """
         t0 = time.perf_counter()
-        frame = self._is_frame(x)
+        frame = self.model.is_frame(x)
         if frame and self._frames is False or not frame and self._frames:
             raise ValueError("this stream was fed " + ("float tensors" if frame else
                              "uint8 frames") + " so far; call reset() before switching")
@@ -131,19 +131,17 @@ class Stream:
             new = np.ascontiguousarray(x)
         else:
             new = to_internal(self.model.check_input(x), self.model.input_shape)
-        from .model import _blas_controller
-        with _blas_controller().limit(limits=1):
-            if not self._started:
-                self._first_step(new, frame)
-                stats = self._run_nodes(None, first=True)
-                self.last_change_mask = None
-                stats.input_changed_fraction = 1.0
-            else:
-                changed = self._update_reference(new, frame)
-                stats = self._run_nodes(changed)
-                self.last_change_mask = (np.zeros(self._diff.shape, bool) if changed is None
-                                         else changed.astype(bool))
-                stats.input_changed_fraction = self._n_changed / self._diff.size
+        if not self._started:
+            self._first_step(new, frame)
+            stats = self._run_nodes(None, first=True)
+            self.last_change_mask = None
+            stats.input_changed_fraction = 1.0
+        else:
+            changed = self._update_reference(new, frame)
+            stats = self._run_nodes(changed)
+            self.last_change_mask = (np.zeros(self._diff.shape, bool) if changed is None
+                                     else changed.astype(bool))
+            stats.input_changed_fraction = self._n_changed / self._diff.size
         stats.seconds = time.perf_counter() - t0
         self.last_stats = stats
         outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
@@ -162,26 +160,14 @@ class Stream:
         raise KeyError(f"no node named {node_name!r}")
 
     def deepest_dirty_mask(self):
-        """dirty_mask of the last node with a spatial output smaller than the input
-        (where the receptive fields are widest), or None."""
+        """dirty_mask of the last node with a spatial output (where the receptive fields
+        are widest), or None."""
         for step in reversed(self._plan):
             if step.rule is not None and step.mask_shape != (1, 1):
                 return self.dirty_mask(step.node.name)
         return None
 
     # --- detection --------------------------------------------------------------
-
-    def _is_frame(self, x):
-        if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3:
-            if not self.model.takes_frames:
-                raise ValueError("this model takes float32 (1, C, H, W) tensors: its file "
-                                 "declares no image preprocessing for uint8 frames")
-            _, c, h, w = self.model.input_shape
-            if x.shape != (h, w, c):
-                raise ValueError(f"frame shape: expected {(h, w, c)} (H, W, 3 uint8), "
-                                 f"received {x.shape}")
-            return True
-        return False
 
     def _first_step(self, new, frame):
         self._frames = frame

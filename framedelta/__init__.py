@@ -10,7 +10,7 @@ The public API, all of it::
 
 Errors derive from :class:`FramedeltaError`: :class:`ModelFormatError` (names file,
 node, field), :class:`ConversionError` and :class:`UnsupportedOperatorError`.
-Importing framedelta needs only numpy, scipy and h5py; torch is imported by
+Importing framedelta needs only numpy and h5py; torch is imported by
 :func:`convert` alone.
 """
 

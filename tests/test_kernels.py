@@ -35,7 +35,8 @@ def _array(data, shape, edge=False, scale=1.0):
     return x
 
 
-def _window_attrs(data, max_k=5):
+def window_attrs(data, max_k=5):
+    """Kernel, stride (1-3), pads (each below the kernel extent) and dilation (1-3)."""
     kh, kw = data.draw(st.integers(1, max_k)), data.draw(st.integers(1, max_k))
     dh, dw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     ext = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
@@ -50,7 +51,7 @@ def _spatial(data, lo=1, hi=23):
 
 
 def case_conv2d(data):
-    a = _window_attrs(data)
+    a = window_attrs(data)
     if data.draw(st.integers(0, 3)) == 0:
         # padding wider than the kernel: windows made of padding alone give the bias
         a["pads"] = tuple(p + data.draw(st.integers(0, 3)) for p in a["pads"])
@@ -96,7 +97,7 @@ def case_identity(data):
 
 
 def case_max_pool2d(data):
-    a = _window_attrs(data, max_k=4)
+    a = window_attrs(data, max_k=4)
     a["ceil_mode"] = data.draw(st.integers(0, 1))
     c = data.draw(st.integers(1, 11))
     return a, [(1, c, *_spatial(data))], {}, True

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from framedelta.engine.model import Model
 from framedelta.formats.graph import Graph, InputSpec, Node, Preprocess, check_graph
 from framedelta.formats.ops import OPS, SchemaError, resolve_attrs
+from test_kernels import window_attrs
 
 
 def assert_identical(y, ref, what=""):
@@ -78,13 +79,7 @@ class GraphBuilder:
         return self.spatial[-1 - k]
 
     def window(self, max_k=4):
-        kh, kw = self.draw(st.integers(1, max_k)), self.draw(st.integers(1, max_k))
-        dh, dw = self.draw(st.integers(1, 2)), self.draw(st.integers(1, 2))
-        ext = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-        pads = tuple(self.draw(st.integers(0, ext[i % 2] - 1)) for i in range(4))
-        return {"kernel": (kh, kw), "stride": (self.draw(st.integers(1, 2)),
-                                               self.draw(st.integers(1, 2))),
-                "pads": pads, "dilation": (dh, dw)}
+        return window_attrs(self.data, max_k)
 
     def random_node(self):
         op = self.draw(st.sampled_from(["conv2d", "conv2d", "conv2d", "dwconv", "max_pool2d",
