@@ -126,8 +126,16 @@ def test_gemm_subsets_property(m, k, n, act, seed):
     idx = rng.permutation(m)[:rng.integers(1, m + 1)]
     assert_same_bits(gemm(a[idx], bp, n, bias, act), full[idx])
     finite = np.isfinite(a).all(1)
-    np.testing.assert_allclose(full[finite], reference(a, b, bias, act)[finite],
-                               rtol=1e-5, atol=1e-5 * (1 + np.sqrt(k)))
+    # a float32 sum of k products is within k * eps * sum |a_k b_k| of the exact sum
+    # (|bias| once more); huge edge values make that, not the result, the scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)) + np.abs(bias)
+    bound = 1e-5 + (k + 2) * np.finfo(np.float32).eps * scale
+    ref = reference(a, b, bias, act)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(full.astype(np.float64) - ref.astype(np.float64))
+        ok = ((full == ref) | (err <= bound))[finite]     # equal infs from overflow
+    assert ok.all(), f"{int((~ok).sum())} elements outside the float32 summation bound"
 
 
 def test_activation_keeps_nan_and_signed_zero():
