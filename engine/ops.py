@@ -11,7 +11,6 @@ node (weight packing, resize tables, tile sizes) happens here, at load time, onc
 both paths, so that a run is just kernel calls.
 """
 
-import math
 
 import numpy as np
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _masks as I
 from .layout import internal_shape, to_internal, to_torch
+from .receptive import SAME
 
 DETECTORS = ("pixel", "block")
 
@@ -177,7 +178,6 @@ class Stream:
         else:
             self._input[...] = new
         self._started = True
-        return None
 
     def _update_reference(self, new, frame):
         """Detect changes against the reference and take them in; returns the uint8
@@ -249,7 +249,7 @@ class Stream:
             return None
         if step.rule is None:                       # global: any change dirties all
             return np.ones(step.mask_shape, np.uint8)
-        if step.rule == "same":
+        if step.rule is SAME:
             if len(ins) == 1:
                 return ins[0]
             out = ins[0].copy()

@@ -11,7 +11,7 @@ Ids are stable: never renumber or reuse one; retired ids stay as comments.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 # Bounds that keep a hostile file from asking for absurd allocations.

@@ -19,9 +19,9 @@ class NodeInfo:
     source: str
 
 
-def describe(graph):
-    """One NodeInfo per node, in execution order."""
-    shapes = check_graph(graph)
+def describe(graph, shapes=None):
+    """One NodeInfo per node, in execution order (``shapes``: check_graph's, if known)."""
+    shapes = check_graph(graph) if shapes is None else shapes
     fields = receptive_fields(graph, shapes, RECEPTIVE_RULES)
     rows = []
     for node in graph.nodes:
@@ -39,7 +39,8 @@ def describe(graph):
 
 def format_table(graph, path=""):
     """The text `framedelta info` prints."""
-    rows = describe(graph)
+    shapes = check_graph(graph)
+    rows = describe(graph, shapes)
     total = sum(r.macs for r in rows)
     lines = [f"model {path}".rstrip(),
              f"  input {graph.input.name} {tuple(graph.input.shape)} float32"
@@ -64,6 +65,5 @@ def format_table(graph, path=""):
     if first_global is not None:
         lines.append(f"  sparsity ends at {first_global.name} ({first_global.op}): from there on "
                      "any change anywhere makes every later position dirty")
-    shapes = check_graph(graph)
     lines.append("  outputs: " + ", ".join(f"{t} {shapes[t]}" for t in graph.outputs))
     return "\n".join(lines)

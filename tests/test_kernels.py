@@ -6,7 +6,6 @@ it with 1 and 2 threads and with tiny tiles; all must match the reference. The
 reference is in turn checked against torch on the same draws (torch is the oracle).
 """
 
-import math
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from framedelta.engine.model import Model
 from framedelta.engine.reference import run_node
 from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
-from framedelta.formats.ops import OPS, window_out
+from framedelta.formats.ops import OPS
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -260,7 +260,7 @@ def test_no_drift_over_2000_frames():
             assert_close(y, model.run(s.reference_input), f"frame {i}")
     # the threshold really held changes back: the reference is not the last frame
     assert not np.array_equal(s.reference_input, frames[-1])
-    assert np.abs(s.reference_input.astype(int) - frames[-1]).max() <= 4 + 0
+    assert np.abs(s.reference_input.astype(int) - frames[-1]).max() <= 4
 
 
 def test_uint8_frames_threshold_in_pixel_units():
