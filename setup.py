@@ -9,6 +9,7 @@ Environment:
   FRAMEDELTA_NO_OPENMP=1  build without OpenMP even where the compiler has it
 """
 
+import glob
 import os
 import subprocess
 import sys
@@ -63,6 +64,11 @@ def openmp_flags():
     return []
 
 
+def kernel_modules():
+    """Every engine/_*.pyx is one extension module (framedelta.engine._name)."""
+    return sorted(os.path.basename(f)[:-4] for f in glob.glob("engine/_*.pyx"))
+
+
 def extensions():
     omp = openmp_flags()
     # Never -ffast-math: it breaks NaN handling and the dense == incremental guarantee.
@@ -77,7 +83,7 @@ def extensions():
         extra_compile_args=compile_args,
         extra_link_args=omp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ) for name in ("_kernels", "_masks")]
+    ) for name in kernel_modules()]
     return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
         "initializedcheck": False})

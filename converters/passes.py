@@ -140,6 +140,17 @@ def fuse_activations(graph):
     return n
 
 
+# --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+# --- activations and softmax ------------------------------------------------
+
+# --- windows: transposed conv, average pools --------------------------------
+
+# --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------
+
+
 def drop_dead(graph):
     """Nodes none of whose outputs is read or returned."""
     reads = Counter(t for node in graph.nodes for t in node.inputs)
@@ -153,7 +164,17 @@ def drop_dead(graph):
     return n
 
 
-PASSES = (drop_identities, fold_pads, fold_batch_norm, fuse_activations, drop_dead)
+# Order matters: spellings are fused into their ops before BN folding and activation
+# fusion look at what follows each conv.
+PASSES = (
+    drop_identities,
+    # activations and softmax
+    # rearranging and normalising: pad, pixel shuffle, slice, norms
+    fold_pads,
+    fold_batch_norm,
+    fuse_activations,
+    drop_dead,
+)
 
 
 def run_passes(graph):

@@ -370,3 +370,14 @@ def getitem(ctx, a):
         raise ctx.unsupported(f"the model reads {value.what}, which framedelta does not "
                               f"compute", op=value.op)
     return value
+
+
+# --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+# --- activations and softmax ------------------------------------------------
+
+# --- windows: transposed conv, average pools --------------------------------
+
+# --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------

@@ -270,3 +270,14 @@ def prepare_reshape(node, attrs, in_shapes, out_shape):
         # torch's view is row-major over torch layout: go there and back
         out[...] = to_internal(to_torch(inputs[0], in_shape).reshape(out_shape), out_shape)
     return run
+
+
+# --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+# --- activations and softmax ------------------------------------------------
+
+# --- windows: transposed conv, average pools --------------------------------
+
+# --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------

@@ -67,6 +67,17 @@ def bilinear(attrs, in_shapes, out_shape):
     return tuple(axes)
 
 
+# --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+# --- activations and softmax ------------------------------------------------
+
+# --- windows: transposed conv, average pools --------------------------------
+
+# --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------
+
+
 def same(attrs, in_shapes, out_shape):
     return SAME
 

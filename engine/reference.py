@@ -169,6 +169,17 @@ def identity(inputs, attrs, weights):
     return inputs[0]
 
 
+# --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+# --- activations and softmax ------------------------------------------------
+
+# --- windows: transposed conv, average pools --------------------------------
+
+# --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------
+
+
 REFERENCES = {name: globals()[name] for name in OPS}
 
 

@@ -40,6 +40,15 @@ REGISTRY = {
     "reshape":           OpImpl(reference.reshape, ops.prepare_reshape, R("reshape"),
                                 masked=False),
     "identity":          OpImpl(reference.identity, ops.prepare_identity, R("identity")),
+    # broadcasting arithmetic (add, sub, mul, div)
+
+    # activations and softmax
+
+    # windows: transposed conv, average pools
+
+    # rearranging and normalising: pad, pixel shuffle, slice, norms
+
+    # layout-breaking tails, computed whole: permute, expand, matmul
 }
 
 RECEPTIVE_RULES = {name: impl.receptive for name, impl in REGISTRY.items()}

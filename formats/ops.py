@@ -263,6 +263,17 @@ def _clamp_infer(attrs, in_shapes):
     return _same_shape(attrs, in_shapes)
 
 
+# --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+# --- activations and softmax ------------------------------------------------
+
+# --- windows: transposed conv, average pools --------------------------------
+
+# --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------
+
+
 _ACTIVATION = {
     "activation": Attr("str", choices=("none", "relu", "clamp"), default="none",
                        doc="activation fused after bias"),
@@ -313,6 +324,15 @@ _SCHEMAS = [
              _no_weights, _reshape_infer, doc="torch view/flatten (row-major, torch layout)"),
     OpSchema("identity", 13, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
              doc="y = x (eval-mode dropout, clone)"),
+    # broadcasting arithmetic (add, sub, mul, div)
+
+    # activations and softmax
+
+    # windows: transposed conv, average pools
+
+    # rearranging and normalising: pad, pixel shuffle, slice, norms
+
+    # layout-breaking tails, computed whole: permute, expand, matmul
 ]
 
 OPS = {s.name: s for s in _SCHEMAS}

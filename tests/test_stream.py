@@ -86,55 +86,91 @@ class GraphBuilder:
         return window_attrs(self.data, max_k)
 
     def random_node(self):
-        op = self.draw(st.sampled_from(["conv2d", "conv2d", "conv2d", "dwconv", "max_pool2d",
-                                        "relu", "clamp", "batch_norm", "identity", "add",
-                                        "concat", "upsample_nearest", "upsample_bilinear"]))
-        x = self.pick()
-        c, h, w = self.shapes[x][1:]
-        if op in ("conv2d", "dwconv"):
-            a = self.window()
-            if self.draw(st.integers(0, 4)) == 0:   # windows wholly in the padding
-                a["pads"] = tuple(p + self.draw(st.integers(0, 2)) for p in a["pads"])
-            if op == "dwconv":
-                a.update(out_channels=c, groups=c)
-            else:
-                g = self.draw(st.sampled_from([1, 1, 2]))
-                g = g if c % g == 0 else 1
-                a.update(out_channels=g * self.draw(st.integers(1, 5)), groups=g)
-            a["activation"] = self.draw(st.sampled_from(["none", "relu", "clamp"]))
-            a.update(act_min=-0.5, act_max=1.0)
-            return self.add("conv2d", [x], a)
-        if op == "max_pool2d":
-            a = self.window(3)
-            a["ceil_mode"] = self.draw(st.integers(0, 1))
-            return self.add(op, [x], a)
-        if op == "clamp":
-            return self.add(op, [x], {"min": -0.3, "max": 0.4})
-        if op in ("relu", "batch_norm", "identity"):
-            return self.add(op, [x], {})
-        if op == "add":
-            same = [t for t in self.spatial if self.shapes[t] == self.shapes[x]]
-            return self.add(op, [x, self.draw(st.sampled_from(same))], {})
-        if op == "concat":
-            same = [t for t in self.spatial if self.shapes[t][2:] == (h, w)]
-            others = self.draw(st.lists(st.sampled_from(same), min_size=1, max_size=2))
-            return self.add(op, [x] + others, {"axis": 1})
-        f = self.draw(st.integers(1, 3))
-        if self.draw(st.booleans()):
-            size, scales = (h * f, w * f), (1.0 / f, 1.0 / f)
-        else:
-            size = (self.draw(st.integers(1, 2 * h + 1)), self.draw(st.integers(1, 2 * w + 1)))
-            scales = (h / size[0], w / size[1])
-        a = {"size": size, "scales": scales}
-        if op == "upsample_bilinear":
-            a["align_corners"] = self.draw(st.integers(0, 1))
-        return self.add(op, [x], a)
+        op = self.draw(st.sampled_from(MAKER_CHOICES))
+        return MAKERS[op](self, self.pick())
+
+    def same_shape(self, x):
+        return [t for t in self.spatial if self.shapes[t] == self.shapes[x]]
+
+    def same_hw(self, x):
+        return [t for t in self.spatial if self.shapes[t][2:] == self.shapes[x][2:]]
 
     def global_tail(self, x):
         c = self.shapes[x][1]
         g = self.add("global_avg_pool", [x], {"keepdim": 1})
         r = self.add("reshape", [g], {"shape": (1, c)})
         return self.add("linear", [r], {"out_features": self.draw(st.integers(1, 6))})
+
+
+# --- random nodes: one maker per op, ``maker(builder, x) -> tensor name or None`` ------
+# ``x`` is a spatial tensor of the graph drawn so far; a maker returns None when its
+# draw does not fit (builder.add returns None for attributes the schema refuses).
+
+def make_conv2d(b, x, depthwise=False):
+    c = b.shapes[x][1]
+    a = b.window()
+    if b.draw(st.integers(0, 4)) == 0:   # windows wholly in the padding
+        a["pads"] = tuple(p + b.draw(st.integers(0, 2)) for p in a["pads"])
+    if depthwise:
+        a.update(out_channels=c, groups=c)
+    else:
+        g = b.draw(st.sampled_from([1, 1, 2]))
+        g = g if c % g == 0 else 1
+        a.update(out_channels=g * b.draw(st.integers(1, 5)), groups=g)
+    a["activation"] = b.draw(st.sampled_from(["none", "relu", "clamp"]))
+    a.update(act_min=-0.5, act_max=1.0)
+    return b.add("conv2d", [x], a)
+
+
+def make_max_pool2d(b, x):
+    a = b.window(3)
+    a["ceil_mode"] = b.draw(st.integers(0, 1))
+    return b.add("max_pool2d", [x], a)
+
+
+def make_add(b, x):
+    return b.add("add", [x, b.draw(st.sampled_from(b.same_shape(x)))], {})
+
+
+def make_concat(b, x):
+    others = b.draw(st.lists(st.sampled_from(b.same_hw(x)), min_size=1, max_size=2))
+    return b.add("concat", [x] + others, {"axis": 1})
+
+
+def make_resize(b, x, op):
+    h, w = b.shapes[x][2:]
+    f = b.draw(st.integers(1, 3))
+    if b.draw(st.booleans()):
+        size, scales = (h * f, w * f), (1.0 / f, 1.0 / f)
+    else:
+        size = (b.draw(st.integers(1, 2 * h + 1)), b.draw(st.integers(1, 2 * w + 1)))
+        scales = (h / size[0], w / size[1])
+    a = {"size": size, "scales": scales}
+    if op == "upsample_bilinear":
+        a["align_corners"] = b.draw(st.integers(0, 1))
+    return b.add(op, [x], a)
+
+
+# op name -> (maker, how often it is drawn relative to the others)
+MAKERS_WEIGHTED = {
+    "conv2d": (make_conv2d, 3),
+    "dwconv": (lambda b, x: make_conv2d(b, x, depthwise=True), 1),
+    "max_pool2d": (make_max_pool2d, 1),
+    "relu": (lambda b, x: b.add("relu", [x], {}), 1),
+    "clamp": (lambda b, x: b.add("clamp", [x], {"min": -0.3, "max": 0.4}), 1),
+    "batch_norm": (lambda b, x: b.add("batch_norm", [x], {}), 1),
+    "identity": (lambda b, x: b.add("identity", [x], {}), 1),
+    "add": (make_add, 1),
+    "concat": (make_concat, 1),
+    "upsample_nearest": (lambda b, x: make_resize(b, x, "upsample_nearest"), 1),
+    "upsample_bilinear": (lambda b, x: make_resize(b, x, "upsample_bilinear"), 1),
+    # broadcasting arithmetic (add, sub, mul, div)
+    # activations and softmax
+    # windows: transposed conv, average pools
+    # rearranging and normalising: pad, pixel shuffle, slice, norms
+}
+MAKERS = {op: fn for op, (fn, _) in MAKERS_WEIGHTED.items()}
+MAKER_CHOICES = [op for op, (_, k) in MAKERS_WEIGHTED.items() for _ in range(k)]
 
 
 @st.composite
