@@ -182,6 +182,18 @@ def run_passes(graph):
     return {p.__name__: p(graph) for p in PASSES}
 
 
+# Pseudo-ops: what a rule may emit that is not a format op, for a pass to fold into a
+# real one (a zero pad into the following convolutions); the message says why one that
+# is left over cannot be converted.
+PSEUDO_OPS = {
+    "pad": ("zero padding is supported only where it folds into the padding of the "
+            "convolutions that read it (every reader a conv2d, and the pad smaller than "
+            "their kernel extent); a standalone constant pad op is not in format version 1"),
+    # activations and softmax
+    # rearranging and normalising: pad, pixel shuffle, slice, norms
+}
+
+
 def leftover_pseudo_nodes(graph):
     """Nodes whose op is not a format op (a 'pad' no pass could fold)."""
     return [node for node in graph.nodes if node.op not in OPS]

@@ -351,10 +351,8 @@ def convert(model, example_input=None, path=None, *, preprocess=None):
     passes.run_passes(graph)
     for node in passes.leftover_pseudo_nodes(graph):
         op, where = origins[node.name]
-        raise UnsupportedOperatorError(op, where, (
-            "zero padding is supported only where it folds into the padding of the "
-            "convolutions that read it (every reader a conv2d, and the pad smaller than "
-            "their kernel extent); a standalone constant pad op is not in format version 1"))
+        raise UnsupportedOperatorError(op, where, passes.PSEUDO_OPS.get(
+            node.op, f"its intermediate form {node.op!r} did not fuse into a format op"))
     try:
         check_graph(graph)
     except ModelFormatError as e:
