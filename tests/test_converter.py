@@ -433,7 +433,7 @@ def test_all_missing_ops_are_listed():
     (lambda m, x: F.relu(F.pad(x, (1, 1, 1, 1))), "aten.constant_pad_nd.default", "fold"),
     (lambda m, x: F.pad(x, (0, 0, 0, 0, 1, 0)), "aten.constant_pad_nd.default", "pad"),
     (lambda m, x: m.c1(F.pad(x, (3, 0, 0, 0))), "aten.constant_pad_nd.default", "kernel"),
-    (lambda m, x: x.permute(0, 1, 3, 2), "aten.permute.default", "self"),
+    (lambda m, x: x.permute(1, 0, 2, 3), "aten.permute.default", "N = 1"),
 ], ids=["conv_transpose", "add_alpha", "add_scalar", "add_const", "add_broadcast", "mean_c",
         "cat_h", "pad_value", "pad_alone", "pad_channels", "pad_too_wide", "permute_data"])
 def test_unsupported_argument_values(fn, op, detail):
