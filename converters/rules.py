@@ -484,7 +484,7 @@ def _matmul(ctx, a, b, arg_a, arg_b):
     w, x = _one_matrix(ctx, ctx.const(a, arg_a), arg_a), ctx.data(b, arg_b)
     k, n = ctx.shape(x)[-2:]
     perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-    xt = ctx.emit("permute", [x.name], {"dims": perm}, shape=lead + (n, k),
+    xt = ctx.emit("permute", [x], {"dims": perm}, shape=lead + (n, k),
                   name=f"{ctx.fx.name}_t")
     rows = _reshape(ctx, xt.name, f"argument {arg_b!r}",
                     (int(np.prod(lead, dtype=int)) * n, k), name=f"{ctx.fx.name}_rows")
