@@ -588,6 +588,29 @@ def bmm(ctx, a):
     return _matmul(ctx, a["self"], a["mat2"], "self", "mat2")
 
 
+def _image_input(ctx, a, arg):
+    x = ctx.data(a[arg], arg)
+    if len(ctx.shape(x)) != 4:
+        raise ctx.unsupported(f"argument {arg!r}: needs an (N, C, H, W) input, got shape "
+                              f"{ctx.shape(x)}")
+    return x
+
+
+@rule("aten.pixel_shuffle.default", produces=("pixel_shuffle",))
+def pixel_shuffle(ctx, a):
+    """F.pixel_shuffle where the graph keeps it whole (run_decompositions spells it view,
+    permute, clone, view; passes.fuse_pixel_shuffle puts that back together)."""
+    x = _image_input(ctx, a, "self")
+    return ctx.emit("pixel_shuffle", [x], {"upscale": int(a["upscale_factor"])})
+
+
+@rule("aten.pixel_unshuffle.default", produces=("pixel_unshuffle",))
+def pixel_unshuffle(ctx, a):
+    """F.pixel_unshuffle where the graph keeps it whole (see pixel_shuffle)."""
+    x = _image_input(ctx, a, "self")
+    return ctx.emit("pixel_unshuffle", [x], {"downscale": int(a["downscale_factor"])})
+
+
 @rule("aten.native_layer_norm.default", produces=("layer_norm",))
 def native_layer_norm(ctx, a):
     """nn.LayerNorm / F.layer_norm over the last axis: layer_norm on that axis, computed

@@ -108,8 +108,12 @@ def test_reshape_spellings(fn, want):
 # --- expand --------------------------------------------------------------------------
 
 def test_expand_of_a_pooled_map():
+    # the broadcasting add reads the pooled map itself (passes.fold_expand)
     g = check(Net(lambda m, x: x.mean((2, 3), keepdim=True).expand(1, 8, 6, 6) + x))
-    assert "expand" in ops(g)
+    assert ops(g) == ["global_avg_pool", "add"]
+    # an op that takes the expanded shape only (mul by a constant keeps its input's shape)
+    g = check(Net(lambda m, x: x.mean((2, 3), keepdim=True).expand(1, 8, 6, 6) * 0.5 - x))
+    assert ops(g) == ["global_avg_pool", "expand", "mul", "sub"]
     g = check(Net(lambda m, x: x.mean((2, 3), keepdim=True).expand_as(x)))
     assert ops(g) == ["global_avg_pool", "expand"]
 
@@ -196,6 +200,19 @@ def test_pixel_shuffle_intermediate_read_elsewhere_stays_unfused():
         return p.reshape(1, 2, 10, 14), p
     g = check(Net(fn), (1, 8, 5, 7))
     assert ops(g) == ["reshape", "permute", "reshape"]
+
+
+@pytest.mark.parametrize("module, shape, op", [
+    (nn.PixelShuffle(2), (1, 8, 3, 5), "pixel_shuffle"),
+    (nn.PixelUnshuffle(3), (1, 2, 6, 9), "pixel_unshuffle")], ids=["shuffle", "unshuffle"])
+def test_pixel_shuffle_kept_whole_by_the_exporter(module, shape, op):
+    """Before run_decompositions the program holds aten.pixel_shuffle itself."""
+    from framedelta.converters.torch_export import lower
+    x = torch.randn(shape)
+    ep = torch.export.export(module.eval(), (x,))
+    graph, _ = lower(ep)
+    assert ops(graph) == [op]
+    close(Model(graph).run(x.numpy()), module(x).numpy())
 
 
 # --- layer norm ----------------------------------------------------------------------
