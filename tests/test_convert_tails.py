@@ -144,11 +144,13 @@ def test_expand_of_a_constant_folds():
     (lambda m, x: torch.bmm(x.view(8, 6, 6), m.w3.expand(8, 6, 5)), "linear"),
     (lambda m, x: torch.bmm(m.w4.expand(8, 5, 6), x.view(8, 6, 6)), "linear"),
     (lambda m, x: torch.mm(m.w2, x.view(8, 36)), "linear"),
+    (lambda m, x: m.fc(x.flatten(2).transpose(1, 2)), "linear"),
 ], ids=["bmm", "matmul4d", "matmul3d", "mm_gram", "einsum", "attention_scores", "x3d_at_w",
-        "w_at_x3d", "x4d_at_w", "bmm_const_right", "bmm_const_left", "mm_const_left"])
+        "w_at_x3d", "x4d_at_w", "bmm_const_right", "bmm_const_left", "mm_const_left",
+        "linear_on_tokens"])
 def test_matmul(fn, want):
     g = check(Net(fn, w=param(8, 5), w2=param(5, 8, seed=1), w3=param(6, 5, seed=2),
-                  w4=param(5, 6, seed=3)))
+                  w4=param(5, 6, seed=3), fc=nn.Linear(8, 5)))
     assert want in ops(g)
 
 
