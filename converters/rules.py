@@ -553,30 +553,26 @@ def _matmul(ctx, a, b, arg_a, arg_b):
     if isinstance(a, Data) and isinstance(b, Data):
         return ctx.emit("matmul", [a.name, b.name])
     out = ctx.out_shape
-    rank = len(out)
-    lead = out[:-2]
+    rank, lead = len(out), out[:-2]
+    batch = int(np.prod(lead, dtype=np.int64))
     if isinstance(a, Data):                       # x @ W: a linear layer on the rows of x
         x, w = ctx.data(a, arg_a), _one_matrix(ctx, ctx.const(b, arg_b), arg_b)
         if rank == 2:
             return _linear(ctx, x, w, None)
         m, k = ctx.shape(x)[-2:]
-        rows = _reshape(ctx, x, f"argument {arg_a!r}", (int(np.prod(lead, dtype=int)) * m, k),
+        rows = _reshape(ctx, x, f"argument {arg_a!r}", (batch * m, k),
                         name=f"{ctx.fx.name}_rows")
-        y = _linear(ctx, rows.name, w, None, shape=(int(np.prod(lead, dtype=int)) * m,
-                                                   w.shape[1]))
+        y = _linear(ctx, rows.name, w, None, shape=(batch * m, w.shape[1]))
         return _reshape(ctx, y.name, "the result")
     # W @ x = (x^T @ W^T)^T
     w, x = _one_matrix(ctx, ctx.const(a, arg_a), arg_a), ctx.data(b, arg_b)
     k, n = ctx.shape(x)[-2:]
     perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-    xt = ctx.emit("permute", [x], {"dims": perm}, shape=lead + (n, k),
-                  name=f"{ctx.fx.name}_t")
-    rows = _reshape(ctx, xt.name, f"argument {arg_b!r}",
-                    (int(np.prod(lead, dtype=int)) * n, k), name=f"{ctx.fx.name}_rows")
-    y = _linear(ctx, rows.name, w.T, None, shape=(int(np.prod(lead, dtype=int)) * n,
-                                                  w.shape[0]))
-    yt = _reshape(ctx, y.name, "the result", lead + (n, w.shape[0]),
-                  name=f"{ctx.fx.name}_yt")
+    xt = ctx.emit("permute", [x], {"dims": perm}, shape=lead + (n, k), name=f"{ctx.fx.name}_t")
+    rows = _reshape(ctx, xt.name, f"argument {arg_b!r}", (batch * n, k),
+                    name=f"{ctx.fx.name}_rows")
+    y = _linear(ctx, rows.name, w.T, None, shape=(batch * n, w.shape[0]))
+    yt = _reshape(ctx, y.name, "the result", lead + (n, w.shape[0]), name=f"{ctx.fx.name}_yt")
     return ctx.emit("permute", [yt.name], {"dims": perm})
 
 
