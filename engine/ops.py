@@ -276,6 +276,117 @@ def prepare_reshape(node, attrs, in_shapes, out_shape):
 
 # --- activations and softmax ------------------------------------------------
 
+# imported here, not at the top, so that each op family's code stays in its section
+from . import _activations as A  # noqa: E402
+from .layout import internal_shape  # noqa: E402
+
+UNARY = A.unary_codes()
+
+# torch's pow(Tensor, Scalar) fast paths: part of the result, not only of the speed
+# (sqrt(-inf) is NaN where pow(-inf, 0.5) is inf; x ** 2 is exactly x * x).
+POW_SPECIAL = {2.0: "square", 3.0: "cube", -2.0: "inv_square", 0.5: "sqrt", -0.5: "rsqrt",
+               -1.0: "reciprocal"}
+
+
+def axis_view(shape, axis):
+    """(O, N, I): the engine-layout array of a tensor of torch ``shape`` reshaped so that
+    torch axis ``axis`` is the middle one. An image's channel axis gives (H*W, C, 1), a
+    vector's (1, F, 1); the batch axis of an image or vector (size 1, absent from the
+    engine layout) gives (1, 1, numel)."""
+    shape = tuple(shape)
+    ishape = internal_shape(shape)
+    if len(shape) in (2, 4) and shape[0] == 1:
+        iaxis = {4: (None, 2, 0, 1), 2: (None, 0)}[len(shape)][axis]
+    else:
+        iaxis = axis
+    if iaxis is None:
+        return 1, 1, int(np.prod(ishape))
+    return (int(np.prod(ishape[:iaxis])), ishape[iaxis], int(np.prod(ishape[iaxis + 1:])))
+
+
+def _prepare_unary(name, a=0.0):
+    code = UNARY[name]
+
+    def run(inputs, out, n_threads, pix=None):
+        A.unary(positions(inputs[0]), positions(out), code, a, n_threads, pix)
+    return run
+
+
+def prepare_leaky_relu(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("leaky_relu", float(np.float32(attrs["negative_slope"])))
+
+
+def prepare_sigmoid(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("sigmoid")
+
+
+def prepare_tanh(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("tanh")
+
+
+def prepare_silu(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("silu")
+
+
+def prepare_hardswish(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("hardswish")
+
+
+def prepare_hardsigmoid(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("hardsigmoid")
+
+
+def prepare_gelu(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("gelu_tanh" if attrs["approximate"] == "tanh" else "gelu")
+
+
+def prepare_pow(node, attrs, in_shapes, out_shape):
+    e = float(attrs["exponent"])
+    return _prepare_unary(POW_SPECIAL.get(e, "pow"), float(np.float32(e)))
+
+
+def prepare_prelu(node, attrs, in_shapes, out_shape):
+    view = axis_view(out_shape, 1)
+    slope = np.ascontiguousarray(np.broadcast_to(
+        np.asarray(node.weights["slope"], np.float32).reshape(-1), (view[1],)))
+
+    def run(inputs, out, n_threads, pix=None):
+        A.prelu(inputs[0].reshape(view), slope, out.reshape(view), n_threads, pix)
+    return run
+
+
+def is_channel_softmax(attrs, shape):
+    """Softmax over the channels of an image: per position, computed where dirty."""
+    return len(shape) == 4 and shape[0] == 1 and attrs["axis"] == 1
+
+
+def _prepare_softmax(attrs, out_shape, log_):
+    view = axis_view(out_shape, attrs["axis"])
+    if is_channel_softmax(attrs, out_shape):
+        def run(inputs, out, n_threads, pix=None):
+            A.softmax(inputs[0].reshape(view), out.reshape(view), log_, n_threads, pix)
+        return run
+
+    def run_whole(inputs, out, n_threads, pix=None):
+        # global (receptive.softmax gives None): the stream never passes pix; a caller
+        # that does gets the whole result at those positions, the rest left alone
+        if pix is None:
+            A.softmax(inputs[0].reshape(view), out.reshape(view), log_, n_threads)
+            return
+        tmp = np.empty_like(out)
+        A.softmax(inputs[0].reshape(view), tmp.reshape(view), log_, n_threads)
+        positions(out)[pix] = positions(tmp)[pix]
+    return run_whole
+
+
+def prepare_softmax(node, attrs, in_shapes, out_shape):
+    return _prepare_softmax(attrs, out_shape, False)
+
+
+def prepare_log_softmax(node, attrs, in_shapes, out_shape):
+    return _prepare_softmax(attrs, out_shape, True)
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------

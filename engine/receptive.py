@@ -71,6 +71,13 @@ def bilinear(attrs, in_shapes, out_shape):
 
 # --- activations and softmax ------------------------------------------------
 
+def softmax(attrs, in_shapes, out_shape):
+    """softmax and log_softmax: over the channels of an image each position reads its
+    own channels (SAME); over any other axis, or of a non-image tensor, an output reads
+    a whole line of the input: global, computed whole."""
+    return SAME if len(out_shape) == 4 and out_shape[0] == 1 and attrs["axis"] == 1 else None
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------

@@ -173,6 +173,107 @@ def identity(inputs, attrs, weights):
 
 # --- activations and softmax ------------------------------------------------
 
+# Elementwise ops compute in float32, as torch does, so that overflow and the NaN/inf
+# cases come out where torch's do; the transcendental ones in float64 and round once.
+
+def _in_float64(fn, x):
+    with np.errstate(all="ignore"):
+        return fn(x.astype(np.float64)).astype(np.float32)
+
+
+def leaky_relu(inputs, attrs, weights):
+    x = inputs[0]
+    with np.errstate(all="ignore"):
+        return np.where(x > 0, x, x * np.float32(attrs["negative_slope"])).astype(np.float32)
+
+
+def prelu(inputs, attrs, weights):
+    x = inputs[0]
+    slope = weights["slope"].astype(np.float32).reshape((1, -1) + (1,) * (x.ndim - 2))
+    with np.errstate(all="ignore"):
+        return np.where(x > 0, x, x * slope).astype(np.float32)
+
+
+def sigmoid(inputs, attrs, weights):
+    return _in_float64(lambda x: 1.0 / (1.0 + np.exp(-x)), inputs[0])
+
+
+def tanh(inputs, attrs, weights):
+    return _in_float64(np.tanh, inputs[0])
+
+
+def silu(inputs, attrs, weights):
+    return _in_float64(lambda x: x / (1.0 + np.exp(-x)), inputs[0])
+
+
+def _relu6_of_x_plus_3(x):
+    return _clamp_values(x + np.float32(3), np.float32(0), np.float32(6))
+
+
+def hardswish(inputs, attrs, weights):
+    x = inputs[0]
+    with np.errstate(all="ignore"):
+        return (x * _relu6_of_x_plus_3(x) / np.float32(6)).astype(np.float32)
+
+
+def hardsigmoid(inputs, attrs, weights):
+    with np.errstate(all="ignore"):
+        return (_relu6_of_x_plus_3(inputs[0]) / np.float32(6)).astype(np.float32)
+
+
+def gelu(inputs, attrs, weights):
+    if attrs["approximate"] == "tanh":
+        k = math.sqrt(2.0 / math.pi)
+        return _in_float64(lambda x: 0.5 * x * (1.0 + np.tanh(k * (x + 0.044715 * x ** 3))),
+                           inputs[0])
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return _in_float64(lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0))), inputs[0])
+
+
+def _softmax_parts(x, axis):
+    """(x - max, sum of exp(x - max)) along ``axis``, in float64; NaN anywhere in a row,
+    a +inf, or a row of -inf make the whole row NaN, as in torch."""
+    x = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        z = x - np.max(x, axis=axis, keepdims=True)
+        return z, np.sum(np.exp(z), axis=axis, keepdims=True)
+
+
+def softmax(inputs, attrs, weights):
+    z, s = _softmax_parts(inputs[0], attrs["axis"])
+    with np.errstate(all="ignore"):
+        return (np.exp(z) / s).astype(np.float32)
+
+
+def log_softmax(inputs, attrs, weights):
+    z, s = _softmax_parts(inputs[0], attrs["axis"])
+    with np.errstate(all="ignore"):
+        return (z - np.log(s)).astype(np.float32)
+
+
+def pow(inputs, attrs, weights):
+    """torch's pow(Tensor, Scalar): its fast paths for some exponents are part of the
+    result (sqrt(-inf) is NaN where pow(-inf, 0.5) is inf; 2 is exactly x * x)."""
+    x, e = inputs[0], attrs["exponent"]
+    one = np.float32(1)
+    with np.errstate(all="ignore"):
+        if e == 2:
+            y = x * x
+        elif e == 3:
+            y = x * x * x
+        elif e == -2:
+            y = one / (x * x)
+        elif e == 0.5:
+            y = np.sqrt(x)
+        elif e == -0.5:
+            y = one / np.sqrt(x)
+        elif e == -1:
+            y = one / x
+        else:
+            y = np.power(x.astype(np.float64), float(np.float32(e)))
+    return y.astype(np.float32)
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------

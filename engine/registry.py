@@ -43,6 +43,19 @@ REGISTRY = {
     # broadcasting arithmetic (add, sub, mul, div)
 
     # activations and softmax
+    "leaky_relu":        OpImpl(reference.leaky_relu, ops.prepare_leaky_relu, R("leaky_relu")),
+    "prelu":             OpImpl(reference.prelu, ops.prepare_prelu, R("prelu")),
+    "sigmoid":           OpImpl(reference.sigmoid, ops.prepare_sigmoid, R("sigmoid")),
+    "tanh":              OpImpl(reference.tanh, ops.prepare_tanh, R("tanh")),
+    "silu":              OpImpl(reference.silu, ops.prepare_silu, R("silu")),
+    "hardswish":         OpImpl(reference.hardswish, ops.prepare_hardswish, R("hardswish")),
+    "hardsigmoid":       OpImpl(reference.hardsigmoid, ops.prepare_hardsigmoid,
+                                R("hardsigmoid")),
+    "gelu":              OpImpl(reference.gelu, ops.prepare_gelu, R("gelu")),
+    "softmax":           OpImpl(reference.softmax, ops.prepare_softmax, receptive.softmax),
+    "log_softmax":       OpImpl(reference.log_softmax, ops.prepare_log_softmax,
+                                receptive.softmax),
+    "pow":               OpImpl(reference.pow, ops.prepare_pow, R("pow")),
 
     # windows: transposed conv, average pools
 

@@ -267,6 +267,31 @@ def _clamp_infer(attrs, in_shapes):
 
 # --- activations and softmax ------------------------------------------------
 
+FLT_MAX = 3.4028234663852886e38     # largest finite float32
+
+
+def _prelu_weights(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    if len(shape) < 2:
+        raise SchemaError("input[0]", f"prelu needs a channel axis (rank >= 2), got shape {shape}")
+    n = attrs["num_parameters"]
+    if n not in (1, shape[1]):
+        raise SchemaError("num_parameters", f"num_parameters {n} is neither 1 nor the "
+                          f"{shape[1]} channels of input shape {shape}")
+    return {"slope": (n,)}
+
+
+def _softmax_infer(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    if attrs["axis"] >= len(shape):
+        raise SchemaError("axis", f"axis {attrs['axis']} out of range for input shape {shape}")
+    return [shape]
+
+
+def _softmax_macs(attrs, in_shapes, out_shapes):
+    return 2 * _numel(out_shapes[0])
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
@@ -327,6 +352,40 @@ _SCHEMAS = [
     # broadcasting arithmetic (add, sub, mul, div)
 
     # activations and softmax
+    OpSchema("leaky_relu", 20, Category.ELEMENTWISE, (1, 1),
+             {"negative_slope": Attr("float", min=-FLT_MAX, max=FLT_MAX, default=0.01,
+                                     doc="slope for x <= 0, rounded to float32")},
+             _no_weights, _same_shape, _per_element, doc="x if x > 0 else x * negative_slope"),
+    OpSchema("prelu", 21, Category.ELEMENTWISE, (1, 1),
+             {"num_parameters": Attr("int", min=1, max=MAX_DIM, default=1,
+                                     doc="1 (one shared slope) or C (one per channel)")},
+             _prelu_weights, _same_shape, _per_element,
+             doc="x if x > 0 else x * slope[c], c the channel (axis 1)"),
+    OpSchema("sigmoid", 22, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="1 / (1 + exp(-x))"),
+    OpSchema("tanh", 23, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="tanh(x)"),
+    OpSchema("silu", 24, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="x / (1 + exp(-x)) (swish)"),
+    OpSchema("hardswish", 25, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="x * min(max(x + 3, 0), 6) / 6"),
+    OpSchema("hardsigmoid", 26, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="min(max(x + 3, 0), 6) / 6"),
+    OpSchema("gelu", 27, Category.ELEMENTWISE, (1, 1),
+             {"approximate": Attr("str", choices=("none", "tanh"), default="none",
+                                  doc="none: the erf form; tanh: the tanh approximation")},
+             _no_weights, _same_shape, _per_element, doc="x * Phi(x)"),
+    OpSchema("softmax", 28, Category.ELEMENTWISE, (1, 1),
+             {"axis": Attr("int", min=0, max=MAX_RANK - 1, doc="torch-layout axis")},
+             _no_weights, _softmax_infer, _softmax_macs,
+             doc="exp(x - max) / sum exp(x - max) along axis; per position over channels"),
+    OpSchema("log_softmax", 29, Category.ELEMENTWISE, (1, 1),
+             {"axis": Attr("int", min=0, max=MAX_RANK - 1, doc="torch-layout axis")},
+             _no_weights, _softmax_infer, _softmax_macs,
+             doc="x - max - log(sum exp(x - max)) along axis"),
+    OpSchema("pow", 30, Category.ELEMENTWISE, (1, 1),
+             {"exponent": Attr("float", min=-FLT_MAX, max=FLT_MAX, doc="a finite constant")},
+             _no_weights, _same_shape, _per_element, doc="x ** exponent"),
 
     # windows: transposed conv, average pools
 

@@ -159,6 +159,78 @@ def case_reshape(data):
 
 # --- activations and softmax ------------------------------------------------
 
+def _any_rank(data, c_max=17):
+    """An image, a vector, or a tensor of another rank (a detection head's (1, A, K))."""
+    c = data.draw(st.integers(1, c_max))
+    kind = data.draw(st.sampled_from(["image", "image", "vector", "rank3", "other"]))
+    if kind == "image":
+        return (1, c, *_spatial(data))
+    if kind == "vector":
+        return (1, c)
+    if kind == "rank3":
+        return (1, c, data.draw(st.integers(1, 13)))
+    return data.draw(st.sampled_from([(1, c, 2, 1, 3), (3, c), (2, c, 4)]))
+
+
+def case_leaky_relu(data):
+    slope = data.draw(st.one_of(st.sampled_from([0.01, 0.0, 1.0, -1.0, 0.2]),
+                                st.floats(-3, 3, width=32)))
+    return {"negative_slope": float(slope)}, [_any_rank(data)], {}, True
+
+
+def case_prelu(data):
+    shape = _any_rank(data)
+    n = data.draw(st.sampled_from([1, shape[1]]))
+    return {"num_parameters": n}, [shape], {"slope": _array(data, (n,), scale=0.5)}, True
+
+
+def case_sigmoid(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_tanh(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_silu(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_hardswish(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_hardsigmoid(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_gelu(data):
+    return ({"approximate": data.draw(st.sampled_from(["none", "tanh"]))}, [_any_rank(data)],
+            {}, True)
+
+
+def _softmax_case(data):
+    shape = _any_rank(data, c_max=data.draw(st.sampled_from([17, 130])))
+    axis = data.draw(st.sampled_from([1, 1, len(shape) - 1, 0] + list(range(len(shape)))))
+    return {"axis": axis}, [shape], {}, data.draw(st.booleans())
+
+
+def case_softmax(data):
+    return _softmax_case(data)
+
+
+def case_log_softmax(data):
+    return _softmax_case(data)
+
+
+POW_EXPONENTS = [2.0, 3.0, -2.0, 0.5, -0.5, -1.0, 0.0, 1.0, 1.5, 4.0, -3.0, 2.5, 1 / 3]
+
+
+def case_pow(data):
+    return ({"exponent": data.draw(st.sampled_from(POW_EXPONENTS))}, [_any_rank(data)], {},
+            True)
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
@@ -303,6 +375,24 @@ def _torch_op(op, attrs, weights, ts):
     # broadcasting arithmetic (add, sub, mul, div)
 
     # activations and softmax
+    if op == "leaky_relu":
+        return F.leaky_relu(x, attrs["negative_slope"])
+    if op == "prelu":
+        return F.prelu(x, t["slope"])
+    if op in ("sigmoid", "tanh"):
+        return getattr(torch, op)(x)
+    if op in ("silu", "hardswish", "hardsigmoid"):
+        return getattr(F, op)(x)
+    if op == "gelu":
+        # in float64: torch's vectorised float32 gelu overflows to inf above FLT_MAX / 2
+        # where its scalar path (and the exact value) does not
+        return F.gelu(x.double(), approximate=attrs["approximate"]).float()
+    if op == "softmax":
+        return F.softmax(x, attrs["axis"])
+    if op == "log_softmax":
+        return F.log_softmax(x, attrs["axis"])
+    if op == "pow":
+        return x ** attrs["exponent"]
 
     # windows: transposed conv, average pools
 
