@@ -166,6 +166,24 @@ MAKERS_WEIGHTED = {
     "upsample_bilinear": (lambda b, x: make_resize(b, x, "upsample_bilinear"), 1),
     # broadcasting arithmetic (add, sub, mul, div)
     # activations and softmax
+    "leaky_relu": (lambda b, x: b.add("leaky_relu", [x], {
+        "negative_slope": b.draw(st.sampled_from([0.01, 0.2, -0.5]))}), 1),
+    "prelu": (lambda b, x: b.add("prelu", [x], {
+        "num_parameters": b.draw(st.sampled_from([1, b.shapes[x][1]]))}), 1),
+    "sigmoid": (lambda b, x: b.add("sigmoid", [x], {}), 1),
+    "tanh": (lambda b, x: b.add("tanh", [x], {}), 1),
+    "silu": (lambda b, x: b.add("silu", [x], {}), 1),
+    "hardswish": (lambda b, x: b.add("hardswish", [x], {}), 1),
+    "hardsigmoid": (lambda b, x: b.add("hardsigmoid", [x], {}), 1),
+    "gelu": (lambda b, x: b.add("gelu", [x], {
+        "approximate": b.draw(st.sampled_from(["none", "tanh"]))}), 1),
+    # axis 1: per position; 2 or 3: a global node in the middle of a spatial graph
+    "softmax": (lambda b, x: b.add("softmax", [x], {
+        "axis": b.draw(st.sampled_from([1, 1, 2, 3]))}), 1),
+    "log_softmax": (lambda b, x: b.add("log_softmax", [x], {
+        "axis": b.draw(st.sampled_from([1, 1, 2, 3]))}), 1),
+    "pow": (lambda b, x: b.add("pow", [x], {
+        "exponent": b.draw(st.sampled_from([2.0, 3.0, 0.5, -1.0]))}), 1),
     # windows: transposed conv, average pools
     # rearranging and normalising: pad, pixel shuffle, slice, norms
 }
