@@ -218,13 +218,12 @@ def fuse_hardswish(graph):
     * (1/6)); hardswish: x * relu6(x + 3) / 6 (F.hardswish decomposed, the manual
     spellings, either operand order) and x * hardsigmoid(x). Each intermediate read
     only by the next step and not returned."""
-    n = 0
-    users, producers = _users(graph), _producers(graph)
+    n, seen = 0, -1
     for node in list(graph.nodes):
-        if node not in graph.nodes:
+        if node not in graph.nodes:       # removed by an earlier rewrite
             continue
-        if n:        # after a rewrite
-            users, producers = _users(graph), _producers(graph)
+        if seen != n:                     # first, or after a rewrite
+            users, producers, seen = _users(graph), _producers(graph), n
         if _by_six(node):
             src = node.inputs[0]
             found = _relu6_of_x_plus_3(graph, users, producers, src)

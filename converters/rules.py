@@ -574,7 +574,7 @@ def sqrt(ctx, a):
     return _pow(ctx, ctx.data(a["self"], "self"), -0.5 if "rsqrt" in ctx.op else 0.5)
 
 
-def _channel_slope(ctx, w, rank):
+def _channel_slope(w, rank):
     """A PReLU weight as (C,) or (1,) slopes along axis 1, or None."""
     w = np.asarray(w)
     if w.ndim == 1:
@@ -584,7 +584,7 @@ def _channel_slope(ctx, w, rank):
     return None
 
 
-def prelu_node(ctx, x, slope):
+def _prelu_node(ctx, x, slope):
     """prelu with per-channel slopes; one shared slope is a leaky_relu (the same
     float32 arithmetic: x > 0 ? x : x * slope)."""
     if slope.size == 1:
@@ -599,12 +599,12 @@ def prelu(ctx, a):
     x = ctx.data(a["self"], "self")
     w = ctx.const(a["weight"], "weight")
     shape = ctx.shape(x)
-    slope = _channel_slope(ctx, w, len(shape))
+    slope = _channel_slope(w, len(shape))
     if len(shape) < 2 or slope is None or slope.size not in (1, shape[1]):
         raise ctx.unsupported(f"argument 'weight' of shape {w.shape}: expected 1 or "
                               f"{shape[1] if len(shape) > 1 else '?'} slopes for input of "
                               f"shape {shape}")
-    return prelu_node(ctx, x, slope)
+    return _prelu_node(ctx, x, slope)
 
 
 @rule("aten.gt.Scalar")
