@@ -311,3 +311,22 @@ def test_converted_activations_stream_equal_to_dense():
 
 def _conv_prelu():
     return nn.Sequential(nn.Conv2d(6, 5, 3, padding=1), _prelu(5))
+
+
+def test_every_op_of_the_family_survives_the_model_file(tmp_path):
+    import framedelta
+    model = Net(lambda s, x: (
+        F.log_softmax(F.softmax(F.gelu(F.hardsigmoid(F.hardswish(F.silu(
+            torch.tanh(torch.sigmoid(F.leaky_relu(s.p(x), 0.3)) * 4))) * 5),
+            approximate="tanh") * 9, 1) ** 1.5, 3)), p=_prelu(SHAPE[1]))
+    x = _input()
+    graph = convert(model.eval(), x, tmp_path / "act.h5")
+    ops = ["prelu", "leaky_relu", "sigmoid", "mul", "tanh", "silu", "hardswish", "mul",
+           "hardsigmoid", "gelu", "mul", "softmax", "pow", "log_softmax"]
+    assert [n.op for n in graph.nodes] == ops
+    loaded = framedelta.load(tmp_path / "act.h5")
+    assert [n.attrs for n in loaded.graph.nodes] == [n.attrs for n in graph.nodes]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.isfinite(ref).all()
+    assert_close(loaded.run(x.numpy()), ref)
