@@ -223,6 +223,69 @@ def conv_transpose2d(const float[:, :, ::1] x, const float[::1] w, const float[:
                      &cols[tid, 0], &tiles[tid, 0], &out[0, 0, 0], act, act_min, act_max)
 
 
+def conv_transpose2d_depthwise(const float[:, :, ::1] x, const float[:, ::1] w,
+                               const float[::1] bias, float[:, :, ::1] out, int sh, int sw,
+                               int pt, int pl, const int[::1] ystart, const int[::1] yoff,
+                               const int[::1] ytaps, const int[::1] xstart,
+                               const int[::1] xoff, const int[::1] xtaps, int act,
+                               float act_min, float act_max, int n_threads,
+                               const int[::1] pix=None):
+    """Depthwise transposed convolution (groups == Cin == Cout), direct loops over
+    channels: per position the bias, then its phase's taps in increasing (i, j).
+
+    x     in   (H, W, C)
+    w     in   (KH*KW, C), from engine.ops.pack_depthwise_weight (tap i * KW + j)
+    bias  in   (C,)
+    out   out  (OH, OW, C): the positions in pix (all when None) are written
+    ystart, yoff, ytaps, xstart, xoff, xtaps  in  phase_tables of each axis
+    """
+    cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
+    cdef int OW = out.shape[1]
+    cdef int kh = ytaps.shape[0], kw = xtaps.shape[0]
+    if (out.shape[2] != C or w.shape[0] != kh * kw or w.shape[1] != C
+            or bias.shape[0] != C or ystart.shape[0] != sh + 1 or xstart.shape[0] != sw + 1
+            or yoff.shape[0] != kh or xoff.shape[0] != kw or ystart[sh] != kh
+            or xstart[sw] != kw):
+        raise ValueError("conv_transpose2d_depthwise: inconsistent shapes")
+    cdef Py_ssize_t P = (<Py_ssize_t>out.shape[0] * OW) if pix is None else pix.shape[0]
+    if P == 0:
+        return
+    cdef const int* pp = NULL if pix is None else &pix[0]
+    cdef const float* xp = &x[0, 0, 0]
+    cdef const float* wp = &w[0, 0]
+    cdef float* op = &out[0, 0, 0]
+    cdef Py_ssize_t k, m
+    cdef int oy, ox, ry, rx, qy, qx, a, b, iy, ix, c
+    cdef float* o
+    cdef const float* xs
+    cdef const float* ws
+    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        m = pp[k] if pp != NULL else k
+        oy = <int>(m // OW)
+        ox = <int>(m % OW)
+        ry = (oy + pt) % sh
+        rx = (ox + pl) % sw
+        qy = (oy + pt) // sh
+        qx = (ox + pl) // sw
+        o = op + m * C
+        for c in range(C):
+            o[c] = bias[c]
+        for a in range(ystart[ry], ystart[ry + 1]):
+            iy = qy - yoff[a]
+            if iy < 0 or iy >= H:
+                continue
+            for b in range(xstart[rx], xstart[rx + 1]):
+                ix = qx - xoff[b]
+                if ix < 0 or ix >= W:
+                    continue
+                xs = xp + (<Py_ssize_t>iy * W + ix) * C
+                ws = wp + (ytaps[a] * kw + xtaps[b]) * C
+                for c in range(C):
+                    o[c] = o[c] + xs[c] * ws[c]
+        for c in range(C):
+            o[c] = _act(o[c], act, act_min, act_max)
+
+
 # --- pooling over per-axis windows -------------------------------------------------
 
 def window_pool(const float[:, :, ::1] x, float[:, :, ::1] out,

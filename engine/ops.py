@@ -315,6 +315,17 @@ def prepare_conv_transpose2d(node, attrs, in_shapes, out_shape, m_tile=None):
     W = _windows()
     kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi = _conv_common(attrs)
     g = attrs["groups"]
+    if is_depthwise(attrs, in_shapes):
+        # one channel per group: direct loops beat a gemm of one column per group
+        wd = pack_depthwise_weight(node.weights["weight"])
+        bias = np.ascontiguousarray(node.weights["bias"], np.float32)
+        ys, yo, yt = W.phase_tables(kh, sh, dh)
+        xs, xo, xt = W.phase_tables(kw, sw, dw)
+
+        def run_dw(inputs, out, n_threads, pix=None):
+            W.conv_transpose2d_depthwise(inputs[0], wd, bias, out, sh, sw, pt, pl, ys, yo,
+                                         yt, xs, xo, xt, act, lo, hi, n_threads, pix)
+        return run_dw
     w = pack_conv_transpose_weight(node.weights["weight"], g, (sh, sw), (dh, dw))
     bias = np.ascontiguousarray(node.weights["bias"], np.float32)
     ys, yo, _ = W.phase_tables(kh, sh, dh)
