@@ -110,15 +110,16 @@ def test_batch_norm_not_folded_when_conv_output_is_shared():
     assert sorted(ops(g)) == ["add", "batch_norm", "conv_transpose2d"]
 
 
-def test_conv_transpose2d_results_do_not_depend_on_threads_or_tiles():
+@pytest.mark.parametrize("cout, groups", [(19, 1), (7, 7)], ids=["dense", "depthwise"])
+def test_conv_transpose2d_results_do_not_depend_on_threads_or_tiles(cout, groups):
     """Odd sizes so that every thread, tile edge and stride phase is hit."""
     from test_kernels import run_engine_node
     rng = np.random.default_rng(11)
-    attrs = {"out_channels": 19, "kernel": (3, 4), "stride": (2, 3), "pads": (1, 2, 0, 1),
-             "output_padding": (1, 0), "dilation": (1, 1), "groups": 1,
+    attrs = {"out_channels": cout, "kernel": (3, 4), "stride": (2, 3), "pads": (1, 2, 0, 1),
+             "output_padding": (1, 0), "dilation": (1, 1), "groups": groups,
              "activation": "clamp", "act_min": -1.0, "act_max": 1.5}
-    w = {"weight": rng.standard_normal((7, 19, 3, 4)).astype(np.float32),
-         "bias": rng.standard_normal(19).astype(np.float32)}
+    w = {"weight": rng.standard_normal((7, cout // groups, 3, 4)).astype(np.float32),
+         "bias": rng.standard_normal(cout).astype(np.float32)}
     x = rng.standard_normal((1, 7, 97, 101)).astype(np.float32)
     shapes = [(1, 7, 97, 101)]
     base = run_engine_node("conv_transpose2d", attrs, shapes, w, [x], 1, None)
@@ -229,3 +230,63 @@ def test_unsupported_argument_values(fn, op, detail):
     assert info.value.op == op
     assert detail in str(info.value)
     assert "test_convert_windows.py" in str(info.value)
+
+
+def test_model_file_round_trip(tmp_path):
+    """All four ops through a model file: written, validated, loaded, run."""
+    import framedelta as fd
+    net = seq(nn.ConvTranspose2d(4, 6, 3, 2, 1, 1), nn.BatchNorm2d(6), nn.ReLU(),
+              nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False,
+                           divisor_override=-3),
+              nn.AdaptiveMaxPool2d((7, 9)), nn.AdaptiveAvgPool2d((5, 4)))
+    torch.manual_seed(5)
+    x = torch.randn(1, 4, 11, 13)
+    path = tmp_path / "windows.fd"
+    fd.convert(net.eval(), x, path)
+    model = fd.load(path)
+    assert [n.op for n in model.graph.nodes] == [
+        "conv_transpose2d", "avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool2d"]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_allclose(model.run(x.numpy()), ref, rtol=1e-5,
+                               atol=1e-5 * (1 + np.abs(ref).max()))
+
+
+# --- schema rules of the four ops (a file can be hostile) ---------------------------
+
+_CT = {"out_channels": 4, "kernel": (3, 3), "stride": (2, 2), "pads": (1, 1, 1, 1),
+       "dilation": (1, 1)}
+_AVG = {"kernel": (3, 3), "stride": (2, 2), "pads": (1, 1, 1, 1)}
+
+
+@pytest.mark.parametrize("op, attrs, weights, field", [
+    ("conv_transpose2d", dict(_CT, output_padding=(2, 0)), (4, 4, 3, 3),
+     "attrs/output_padding"),
+    ("conv_transpose2d", dict(_CT, output_padding=(0, 0), dilation=(3, 1)), (4, 4, 3, 3),
+     None),                                                   # < max(stride, dilation): ok
+    ("conv_transpose2d", dict(_CT, pads=(1, 9, 1, 9)), (4, 4, 3, 3), "attrs/pads"),
+    ("conv_transpose2d", dict(_CT, groups=3), (4, 4, 3, 3), "attrs/groups"),
+    ("conv_transpose2d", dict(_CT, activation="clamp", act_min=1.0, act_max=0.0),
+     (4, 4, 3, 3), "attrs/act_min"),
+    ("conv_transpose2d", dict(_CT, groups=2), (4, 4, 3, 3), "weights/weight"),
+    ("avg_pool2d", dict(_AVG, pads=(2, 1, 1, 1)), None, "attrs/pads"),
+    ("avg_pool2d", dict(_AVG, pads=(1, 1, 1, 2)), None, "attrs/pads"),
+    ("avg_pool2d", dict(_AVG, kernel=(9, 3), pads=(0, 0, 0, 0)), None, "attrs/kernel"),
+    ("avg_pool2d", dict(_AVG, dilation=(1, 1)), None, "attrs/dilation"),
+    ("adaptive_avg_pool2d", {"size": (0, 3)}, None, "attrs/size"),
+    ("adaptive_max_pool2d", {"size": (2, 3, 4)}, None, "attrs/size"),
+], ids=["ct_output_padding", "ct_output_padding_dilation_ok", "ct_crop_all", "ct_groups",
+        "ct_act", "ct_weight_shape", "avg_pad_half", "avg_pad_half_right", "avg_too_small",
+        "avg_no_dilation", "adaptive_zero", "adaptive_len"])
+def test_schema_rules(op, attrs, weights, field):
+    from framedelta.errors import ModelFormatError
+    from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+    w = {} if weights is None else {"weight": np.zeros(weights, np.float32),
+                                    "bias": np.zeros(4, np.float32)}
+    g = Graph(InputSpec("x", (1, 4, 7, 8)), [Node("n", op, ["x"], ["y"], attrs, w)], ["y"])
+    if field is None:
+        check_graph(g)
+        return
+    with pytest.raises(ModelFormatError) as info:
+        check_graph(g)
+    assert info.value.field == field and info.value.node == "n"
