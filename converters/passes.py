@@ -32,9 +32,10 @@ def _rewire(graph, old, new):
 
 
 def _sole_conv_input(graph, node, users, producers):
-    """The conv2d (with no fused activation yet) whose output only ``node`` reads."""
+    """The conv2d or conv_transpose2d (with no fused activation yet) whose output only
+    ``node`` reads."""
     conv = producers.get(node.inputs[0])
-    if conv is None or conv.op != "conv2d":
+    if conv is None or conv.op not in ("conv2d", "conv_transpose2d"):
         return None
     if conv.attrs.get("activation", "none") != "none":
         return None
@@ -99,8 +100,9 @@ def fold_pads(graph):
 
 
 def fold_batch_norm(graph):
-    """conv2d -> batch_norm, the conv output read by the BN only: scale the conv's
-    output channels. Elsewhere the batch_norm stays as a per-channel affine node."""
+    """conv2d or conv_transpose2d -> batch_norm, the conv output read by the BN only:
+    scale the conv's output channels. Elsewhere the batch_norm stays as a per-channel
+    affine node."""
     users, producers = _users(graph), _producers(graph)
     n = 0
     for bn in [node for node in graph.nodes if node.op == "batch_norm"]:
@@ -109,7 +111,9 @@ def fold_batch_norm(graph):
             continue
         scale = bn.weights["scale"].astype(np.float64)
         shift = bn.weights["shift"].astype(np.float64)
-        w = conv.weights["weight"].astype(np.float64) * scale[:, None, None, None]
+        w = conv.weights["weight"].astype(np.float64)
+        w = (scale_transposed_weight(w, scale, conv.attrs.get("groups", 1))
+             if conv.op == "conv_transpose2d" else w * scale[:, None, None, None])
         b = conv.weights["bias"].astype(np.float64) * scale + shift
         conv.weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
         conv.outputs = list(bn.outputs)
@@ -120,8 +124,9 @@ def fold_batch_norm(graph):
 
 
 def fuse_activations(graph):
-    """conv2d -> relu / clamp, the conv output read by the activation only: the conv's
-    ``activation`` attribute (applied after the bias in the same kernel)."""
+    """conv2d or conv_transpose2d -> relu / clamp, the conv output read by the
+    activation only: the conv's ``activation`` attribute (applied after the bias in the
+    same kernel)."""
     users, producers = _users(graph), _producers(graph)
     n = 0
     for act in [node for node in graph.nodes if node.op in ("relu", "clamp")]:
@@ -301,6 +306,14 @@ def fuse_prelu(graph):
 
 
 # --- windows: transposed conv, average pools --------------------------------
+
+def scale_transposed_weight(w, scale, groups):
+    """A conv_transpose2d weight (Cin, Cout/g, KH, KW) with output channel
+    g * Cout/g + j scaled by scale[g * Cout/g + j] (batch-norm folding)."""
+    cin, og, kh, kw = w.shape
+    s = scale.reshape(groups, 1, og, 1, 1)
+    return (w.reshape(groups, cin // groups, og, kh, kw) * s).reshape(w.shape)
+
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 

@@ -436,6 +436,127 @@ def prepare_log_softmax(node, attrs, in_shapes, out_shape):
 
 # --- windows: transposed conv, average pools --------------------------------
 
+def _windows():
+    from . import _windows as W
+    return W
+
+
+def pack_conv_transpose_weight(w, groups, stride, dilation):
+    """(Cin, Cout/g, KH, KW) torch layout -> the packed weights of _windows.conv_transpose2d:
+    per stride phase (ry, rx), row-major, and per group, the (ny * nx * Cin/g, Cout/g)
+    matrix of the phase's taps in im2col order (tap row, tap column, input channel),
+    gemm-packed. Phases that no tap reaches hold nothing."""
+    W = _windows()
+    cin, og, kh, kw = w.shape
+    cg = cin // groups
+    ys, _, yt = W.phase_tables(kh, stride[0], dilation[0])
+    xs, _, xt = W.phase_tables(kw, stride[1], dilation[1])
+    wg = np.asarray(w, np.float32).reshape(groups, cg, og, kh, kw)
+    n8 = _ceil_div(og, 8) * 8
+    out = _aligned_empty(kh * kw * groups * cg * n8)
+    off = 0
+    for ry in np.flatnonzero(np.diff(ys)):
+        ti = yt[ys[ry]:ys[ry + 1]]
+        for rx in np.flatnonzero(np.diff(xs)):
+            tj = xt[xs[rx]:xs[rx + 1]]
+            sub = wg[:, :, :, ti][:, :, :, :, tj]                  # (g, cg, og, ny, nx)
+            mats = sub.transpose(0, 3, 4, 1, 2).reshape(groups, len(ti) * len(tj) * cg, og)
+            size = mats.shape[1] * n8
+            for g in range(groups):
+                K.gemm_pack(np.ascontiguousarray(mats[g]), out[off:off + size])
+                off += size
+    assert off == out.size
+    return out
+
+
+def prepare_conv_transpose2d(node, attrs, in_shapes, out_shape, m_tile=None):
+    W = _windows()
+    kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi = _conv_common(attrs)
+    g = attrs["groups"]
+    if is_depthwise(attrs, in_shapes):
+        # one channel per group: direct loops beat a gemm of one column per group
+        wd = pack_depthwise_weight(node.weights["weight"])
+        bias = np.ascontiguousarray(node.weights["bias"], np.float32)
+        ys, yo, yt = W.phase_tables(kh, sh, dh)
+        xs, xo, xt = W.phase_tables(kw, sw, dw)
+
+        def run_dw(inputs, out, n_threads, pix=None):
+            W.conv_transpose2d_depthwise(inputs[0], wd, bias, out, sh, sw, pt, pl, ys, yo,
+                                         yt, xs, xo, xt, act, lo, hi, n_threads, pix)
+        return run_dw
+    w = pack_conv_transpose_weight(node.weights["weight"], g, (sh, sw), (dh, dw))
+    bias = np.ascontiguousarray(node.weights["bias"], np.float32)
+    ys, yo, _ = W.phase_tables(kh, sh, dh)
+    xs, xo, _ = W.phase_tables(kw, sw, dw)
+    cg, og = in_shapes[0][1] // g, attrs["out_channels"] // g
+    k_max = int(np.diff(ys).max()) * int(np.diff(xs).max()) * cg
+    mt, _ = conv_tiling(out_shape[2] * out_shape[3], max(1, k_max), og, g, m_tile)
+
+    def run(inputs, out, n_threads, pix=None):
+        W.conv_transpose2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, ys, yo, xs, xo,
+                           g, act, lo, hi, mt, n_threads, pix)
+    return run
+
+
+POOL_MODES = {"max": 0, "avg": 1, "avg_axes": 2}
+
+
+def avg_pool_tables(out_size, in_size, k, s, p0, p1, count_include_pad):
+    """torch's avg_pool2d windows along one axis: (start, end, count) int32 per output
+    index, [start, end) clipped to the input; count is the window's length clipped to
+    the padded input (count_include_pad) or to the input."""
+    o = np.arange(out_size, dtype=np.int64)
+    start = o * s - p0
+    end = np.minimum(start + k, in_size + p1)
+    padded = end - start
+    start, end = np.maximum(start, 0), np.minimum(end, in_size)
+    count = padded if count_include_pad else end - start
+    return start.astype(np.int32), end.astype(np.int32), count.astype(np.int32)
+
+
+def adaptive_tables(out_size, in_size):
+    """Adaptive pooling windows along one axis: (start, end, end - start) int32,
+    start = floor(i * in / out), end = ceil((i + 1) * in / out)."""
+    i = np.arange(out_size, dtype=np.int64)
+    start = (i * in_size) // out_size
+    end = -(-((i + 1) * in_size) // out_size)
+    return start.astype(np.int32), end.astype(np.int32), (end - start).astype(np.int32)
+
+
+def _prepare_pool(rows, cols, divisor, mode):
+    W = _windows()
+
+    def run(inputs, out, n_threads, pix=None):
+        W.window_pool(inputs[0], out, *rows, *cols, divisor, mode, n_threads, pix)
+    return run
+
+
+def pool_axes(op, attrs, in_shapes, out_shape):
+    """Per axis (start, end, count) of the windows of avg_pool2d or the adaptive pools."""
+    h, w = in_shapes[0][2:]
+    if op == "avg_pool2d":
+        (kh, kw), (sh, sw), (pt, pl, pb, pr) = attrs["kernel"], attrs["stride"], attrs["pads"]
+        inc = bool(attrs["count_include_pad"])
+        return (avg_pool_tables(out_shape[2], h, kh, sh, pt, pb, inc),
+                avg_pool_tables(out_shape[3], w, kw, sw, pl, pr, inc))
+    return adaptive_tables(out_shape[2], h), adaptive_tables(out_shape[3], w)
+
+
+def prepare_avg_pool2d(node, attrs, in_shapes, out_shape):
+    rows, cols = pool_axes("avg_pool2d", attrs, in_shapes, out_shape)
+    return _prepare_pool(rows, cols, int(attrs["divisor"]), POOL_MODES["avg"])
+
+
+def prepare_adaptive_avg_pool2d(node, attrs, in_shapes, out_shape):
+    rows, cols = pool_axes("adaptive_avg_pool2d", attrs, in_shapes, out_shape)
+    return _prepare_pool(rows, cols, 0, POOL_MODES["avg_axes"])
+
+
+def prepare_adaptive_max_pool2d(node, attrs, in_shapes, out_shape):
+    rows, cols = pool_axes("adaptive_max_pool2d", attrs, in_shapes, out_shape)
+    return _prepare_pool(rows, cols, 0, POOL_MODES["max"])
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------

@@ -80,6 +80,36 @@ def softmax(attrs, in_shapes, out_shape):
 
 # --- windows: transposed conv, average pools --------------------------------
 
+def conv_transpose(attrs, in_shapes, out_shape):
+    """conv_transpose2d: output o reads the input indices iy with o = iy * s - pad + i * d
+    for some tap i; per o the first and last of them (none: lo > hi)."""
+    axes = []
+    for a in range(2):
+        k, s, d = attrs["kernel"][a], attrs["stride"][a], attrs["dilation"][a]
+        p, size = attrs["pads"][a], in_shapes[0][2 + a]
+        o = np.arange(out_shape[2 + a], dtype=np.int64)
+        lo = np.full(o.shape, size, np.int64)
+        hi = np.full(o.shape, -1, np.int64)
+        for i in range(k):
+            t = o + p - i * d
+            ok = (t >= 0) & (t % s == 0) & (t // s < size)
+            lo = np.where(ok, np.minimum(lo, t // s), lo)
+            hi = np.where(ok, np.maximum(hi, t // s), hi)
+        axes.append(_clip(lo, hi, size))
+    return tuple(axes)
+
+
+def pool_windows(op):
+    """avg_pool2d and the adaptive pools: each output reads exactly its window's rows
+    and columns (ops.pool_axes)."""
+    def rule(attrs, in_shapes, out_shape):
+        from .ops import pool_axes
+        return tuple(_clip(start, end - 1, size) for (start, end, _), size
+                     in zip(pool_axes(op, attrs, in_shapes, out_shape), in_shapes[0][2:]))
+    rule.__name__ = f"pool_windows_{op}"
+    return rule
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------

@@ -298,6 +298,106 @@ def pow(inputs, attrs, weights):
 
 # --- windows: transposed conv, average pools --------------------------------
 
+def conv_transpose2d(inputs, attrs, weights):
+    """Each input pixel scatters its weighted taps into the (uncropped) output, which
+    is then cropped by the pads and extended by output_padding."""
+    from framedelta.formats.ops import conv_transpose_out
+    (x,) = inputs
+    w, b = weights["weight"].astype(np.float64), weights["bias"]
+    g = attrs["groups"]
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    dh, dw = attrs["dilation"]
+    pt, pl, pb, pr = attrs["pads"]
+    oph, opw = attrs["output_padding"]
+    n, cin, h, wd = x.shape
+    oh = conv_transpose_out(h, kh, sh, pt, pb, dh, oph)
+    ow = conv_transpose_out(wd, kw, sw, pl, pr, dw, opw)
+    cout = attrs["out_channels"]
+    cin_g, cout_g = cin // g, cout // g
+    # full-size canvas: output row oy sits at canvas row oy + pt
+    full = np.zeros((n, cout, max(oh + pt, (h - 1) * sh + dh * (kh - 1) + 1),
+                     max(ow + pl, (wd - 1) * sw + dw * (kw - 1) + 1)), np.float64)
+    xd = x.astype(np.float64)
+    for gi in range(g):
+        xs = xd[:, gi * cin_g:(gi + 1) * cin_g]
+        for i in range(kh):
+            for j in range(kw):
+                contrib = np.einsum("nchw,co->nohw", xs, w[gi * cin_g:(gi + 1) * cin_g, :, i, j])
+                full[:, gi * cout_g:(gi + 1) * cout_g,
+                     i * dh: i * dh + sh * (h - 1) + 1: sh,
+                     j * dw: j * dw + sw * (wd - 1) + 1: sw] += contrib
+    y = full[:, :, pt:pt + oh, pl:pl + ow] + b.astype(np.float64)[None, :, None, None]
+    return _activation(y.astype(np.float32), attrs)
+
+
+def avg_pool_window(o, k, s, p0, size, p1):
+    """torch's avg_pool2d window along one axis: (start, end) clipped to the input, and
+    the length counted with padding (the window clipped to the padded input)."""
+    start = o * s - p0
+    end = min(start + k, size + p1)
+    padded = end - start
+    return max(start, 0), min(end, size), padded
+
+
+def avg_pool2d(inputs, attrs, weights):
+    (x,) = inputs
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    pt, pl, pb, pr = attrs["pads"]
+    n, c, h, w = x.shape
+    oh = window_out(h, kh, sh, pt, pb, 1, bool(attrs["ceil_mode"]))
+    ow = window_out(w, kw, sw, pl, pr, 1, bool(attrs["ceil_mode"]))
+    y = np.zeros((n, c, oh, ow), np.float32)
+    for oy in range(oh):
+        y0, y1, ny = avg_pool_window(oy, kh, sh, pt, h, pb)
+        for ox in range(ow):
+            x0, x1, nx = avg_pool_window(ox, kw, sw, pl, w, pr)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            if attrs["divisor"]:
+                div = attrs["divisor"]
+            elif attrs["count_include_pad"]:
+                div = ny * nx
+            else:
+                div = (y1 - y0) * (x1 - x0)
+            y[:, :, oy, ox] = _sum_in_order(x[:, :, y0:y1, x0:x1]) / np.float32(div)
+    return y
+
+
+def _sum_in_order(win):
+    """float32 sum over a window's rows, then columns, one element at a time: torch's
+    order, which the format prescribes for the average pools (an overflow is torch's)."""
+    total = np.zeros(win.shape[:2], np.float32)
+    for iy in range(win.shape[2]):
+        for ix in range(win.shape[3]):
+            total = total + win[:, :, iy, ix]
+    return total
+
+
+def _adaptive(x, size, reduce):
+    from framedelta.formats.ops import adaptive_window
+    n, c, h, w = x.shape
+    oh, ow = size
+    y = np.zeros((n, c, oh, ow), np.float32)
+    for oy in range(oh):
+        y0, y1 = adaptive_window(oy, oh, h)
+        for ox in range(ow):
+            x0, x1 = adaptive_window(ox, ow, w)
+            y[:, :, oy, ox] = reduce(x[:, :, y0:y1, x0:x1])
+    return y
+
+
+def adaptive_avg_pool2d(inputs, attrs, weights):
+    return _adaptive(inputs[0], attrs["size"], lambda win: _sum_in_order(win)
+                     / np.float32(win.shape[2]) / np.float32(win.shape[3]))
+
+
+def adaptive_max_pool2d(inputs, attrs, weights):
+    # np.max propagates NaN, as torch does
+    return _adaptive(inputs[0], attrs["size"], lambda win: win.max(axis=(2, 3)))
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------

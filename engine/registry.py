@@ -61,6 +61,16 @@ REGISTRY = {
     "pow":               OpImpl(reference.pow, ops.prepare_pow, R("pow")),
 
     # windows: transposed conv, average pools
+    "conv_transpose2d":  OpImpl(reference.conv_transpose2d, ops.prepare_conv_transpose2d,
+                                receptive.conv_transpose),
+    "avg_pool2d":        OpImpl(reference.avg_pool2d, ops.prepare_avg_pool2d,
+                                receptive.pool_windows("avg_pool2d")),
+    "adaptive_avg_pool2d": OpImpl(reference.adaptive_avg_pool2d,
+                                  ops.prepare_adaptive_avg_pool2d,
+                                  receptive.pool_windows("adaptive_avg_pool2d")),
+    "adaptive_max_pool2d": OpImpl(reference.adaptive_max_pool2d,
+                                  ops.prepare_adaptive_max_pool2d,
+                                  receptive.pool_windows("adaptive_max_pool2d")),
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
 

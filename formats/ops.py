@@ -342,6 +342,79 @@ def _softmax_macs(attrs, in_shapes, out_shapes):
 
 # --- windows: transposed conv, average pools --------------------------------
 
+def conv_transpose_out(size, k, s, p0, p1, d, op):
+    """Output length of a transposed convolution along one axis (torch's formula with
+    the crop split into leading ``p0`` and trailing ``p1``)."""
+    return (size - 1) * s - p0 - p1 + d * (k - 1) + 1 + op
+
+
+def _conv_transpose_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    cin, g, cout = in_shapes[0][1], attrs["groups"], attrs["out_channels"]
+    if cin % g:
+        raise SchemaError("groups", f"input channels {cin} not divisible by groups {g}")
+    if cout % g:
+        raise SchemaError("groups", f"out_channels {cout} not divisible by groups {g}")
+    kh, kw = attrs["kernel"]
+    return {"weight": (cin, cout // g, kh, kw), "bias": (cout,)}
+
+
+def _conv_transpose_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
+        raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    pt, pl, pb, pr = attrs["pads"]
+    oph, opw = attrs["output_padding"]
+    if not (oph < max(sh, dh) and opw < max(sw, dw)):
+        # torch's rule: the extra rows and columns must be ones a stride step could reach
+        raise SchemaError("output_padding", f"output_padding {attrs['output_padding']} must "
+                          f"be smaller than the stride or the dilation on each axis")
+    h, w = in_shapes[0][2:]
+    oh = conv_transpose_out(h, kh, sh, pt, pb, dh, oph)
+    ow = conv_transpose_out(w, kw, sw, pl, pr, dw, opw)
+    if oh < 1 or ow < 1:
+        raise SchemaError("pads", f"pads {attrs['pads']} crop the whole output of input "
+                          f"{tuple(in_shapes[0])} (output would be {oh} x {ow})")
+    return [(in_shapes[0][0], attrs["out_channels"], oh, ow)]
+
+
+def _conv_transpose_macs(attrs, in_shapes, out_shapes):
+    kh, kw = attrs["kernel"]
+    return _numel(in_shapes[0]) * (attrs["out_channels"] // attrs["groups"]) * kh * kw
+
+
+def _avg_pool_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    (kh, kw), (pt, pl, pb, pr) = attrs["kernel"], attrs["pads"]
+    if max(pt, pb) > kh // 2 or max(pl, pr) > kw // 2:
+        # torch's rule; it also keeps every window on at least one input element
+        raise SchemaError("pads", f"padding {attrs['pads']} is more than half the kernel "
+                          f"{attrs['kernel']}")
+    oh, ow = _window_shape(dict(attrs, dilation=(1, 1)), in_shapes[0],
+                           bool(attrs["ceil_mode"]))
+    n, c = in_shapes[0][:2]
+    return [(n, c, oh, ow)]
+
+
+def _adaptive_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    n, c = in_shapes[0][:2]
+    return [(n, c, *attrs["size"])]
+
+
+def adaptive_window(i, out_size, in_size):
+    """[start, end) of adaptive pooling's window i along one axis, as torch computes it:
+    floor(i * in / out) .. ceil((i + 1) * in / out)."""
+    return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+
+
+def _adaptive_macs(attrs, in_shapes, out_shapes):
+    (oh, ow), (h, w) = attrs["size"], in_shapes[0][2:]
+    kh, kw = -(-h // oh) + 1, -(-w // ow) + 1     # a bound on the window size
+    return _numel(out_shapes[0]) * min(kh, h) * min(kw, w)
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
@@ -438,6 +511,33 @@ _SCHEMAS = [
              _no_weights, _same_shape, _per_element, doc="x ** exponent"),
 
     # windows: transposed conv, average pools
+    OpSchema("conv_transpose2d", 40, Category.WINDOWED, (1, 1),
+             {"out_channels": Attr("int", min=1, max=MAX_DIM),
+              "kernel": _WINDOW_ATTRS["kernel"], "stride": _WINDOW_ATTRS["stride"],
+              "pads": Attr("ints", 4, 0, MAX_DIM,
+                           doc="(top, left, bottom, right): rows and columns cropped"),
+              "output_padding": Attr("ints", 2, 0, MAX_STRIDE, default=(0, 0),
+                                     doc="(oph, opw): extra rows and columns at the end"),
+              "dilation": _WINDOW_ATTRS["dilation"],
+              "groups": Attr("int", min=1, max=MAX_DIM, default=1), **_ACTIVATION},
+             _conv_transpose_weights, _conv_transpose_infer, _conv_transpose_macs,
+             doc="2-D transposed convolution (ConvTranspose2d) with bias and fused activation"),
+    OpSchema("avg_pool2d", 41, Category.WINDOWED, (1, 1),
+             {"kernel": _WINDOW_ATTRS["kernel"], "stride": _WINDOW_ATTRS["stride"],
+              "pads": Attr("ints", 4, 0, MAX_KERNEL // 2, doc="(top, left, bottom, right)"),
+              "ceil_mode": Attr("int", min=0, max=1, default=0),
+              "count_include_pad": Attr("int", min=0, max=1, default=1),
+              "divisor": Attr("int", min=-MAX_NUMEL, max=MAX_NUMEL, default=0,
+                              doc="divisor_override; 0: none")},
+             _no_weights, _avg_pool_infer, _maxpool_macs, doc="mean over a window"),
+    OpSchema("adaptive_avg_pool2d", 42, Category.WINDOWED, (1, 1),
+             {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)")},
+             _no_weights, _adaptive_infer, _adaptive_macs,
+             doc="mean over torch's adaptive windows"),
+    OpSchema("adaptive_max_pool2d", 43, Category.WINDOWED, (1, 1),
+             {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)")},
+             _no_weights, _adaptive_infer, _adaptive_macs,
+             doc="max over torch's adaptive windows"),
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
 

@@ -249,6 +249,60 @@ def case_pow(data):
 
 # --- windows: transposed conv, average pools --------------------------------
 
+def case_conv_transpose2d(data):
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    sh, sw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    dh, dw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    # crops up to past the kernel extent (the output must stay >= 1, else _valid says no)
+    pads = tuple(data.draw(st.integers(0, (dh, dw)[i % 2] * ((kh, kw)[i % 2] - 1) + 2))
+                 for i in range(4))
+    op = (data.draw(st.integers(0, max(sh, dh) - 1)), data.draw(st.integers(0, max(sw, dw) - 1)))
+    groups = data.draw(st.sampled_from([1, 1, 2, 3, "dw"]))
+    if groups == "dw":
+        c = data.draw(st.integers(2, 11))
+        cin, cout, groups = c, c, c
+    else:
+        cin = groups * data.draw(st.integers(1, 5))
+        cout = groups * data.draw(st.integers(1, 9))
+    h, w = _spatial(data, 1, 13)
+    act = data.draw(st.sampled_from(["none", "relu", "clamp"]))
+    a = {"out_channels": cout, "kernel": (kh, kw), "stride": (sh, sw), "pads": pads,
+         "output_padding": op, "dilation": (dh, dw), "groups": groups, "activation": act,
+         "act_min": -0.5, "act_max": 0.75}
+    weights = {"weight": _array(data, (cin, cout // groups, kh, kw), scale=0.5),
+               "bias": _array(data, (cout,))}
+    return a, [(1, cin, h, w)], weights, False
+
+
+def case_avg_pool2d(data):
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    pads = tuple(data.draw(st.integers(0, (kh, kw)[i % 2] // 2)) for i in range(4))
+    if data.draw(st.booleans()):        # torch's symmetric padding, so torch can check it
+        pads = pads[:2] * 2
+    a = {"kernel": (kh, kw), "stride": (data.draw(st.integers(1, 3)),
+                                        data.draw(st.integers(1, 3))),
+         "pads": pads, "ceil_mode": data.draw(st.integers(0, 1)),
+         "count_include_pad": data.draw(st.integers(0, 1)),
+         "divisor": data.draw(st.sampled_from([0, 0, 0, 1, 3, -2, 7]))}
+    c = data.draw(st.integers(1, 11))
+    return a, [(1, c, *_spatial(data))], {}, True
+
+
+def _adaptive_case(data):
+    c = data.draw(st.integers(1, 11))
+    h, w = _spatial(data)
+    size = (data.draw(st.integers(1, h + 3)), data.draw(st.integers(1, w + 3)))
+    return {"size": size}, [(1, c, h, w)], {}, True
+
+
+def case_adaptive_avg_pool2d(data):
+    return _adaptive_case(data)
+
+
+def case_adaptive_max_pool2d(data):
+    return _adaptive_case(data)
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
@@ -272,7 +326,7 @@ def run_engine_node(op, attrs, in_shapes, weights, inputs, n_threads, m_tile=Non
     node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
     full = resolve_attrs(OPS[op], attrs)
     out_shape = tuple(OPS[op].infer(full, in_shapes)[0])
-    kw = {"m_tile": m_tile} if op == "conv2d" else {}
+    kw = {"m_tile": m_tile} if op in ("conv2d", "conv_transpose2d") else {}
     run = REGISTRY[op].prepare(node, full, in_shapes, out_shape, **kw)
     out = np.full(internal_shape(out_shape), np.float32(12345.0))   # garbage to overwrite
     run([to_internal(x, s) for x, s in zip(inputs, in_shapes)], out, n_threads)
@@ -331,7 +385,7 @@ def test_masked_kernel_writes_exactly_its_positions(op, data):
     assume(len(out_shape) == 4)
     node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
     m_tile = data.draw(st.sampled_from([None, 1, 5]))
-    kw = {"m_tile": m_tile} if op == "conv2d" else {}
+    kw = {"m_tile": m_tile} if op in ("conv2d", "conv_transpose2d") else {}
     run = REGISTRY[op].prepare(node, full, in_shapes, out_shape, **kw)
     xs = [to_internal(x, sh) for x, sh in zip(inputs, in_shapes)]
     dense = np.empty(internal_shape(out_shape), np.float32)
@@ -413,6 +467,30 @@ def _torch_op(op, attrs, weights, ts):
         return x ** attrs["exponent"]
 
     # windows: transposed conv, average pools
+    if op == "conv_transpose2d":
+        # torch pads symmetrically: crop its uncropped output instead; in float64, so
+        # that only the reference's own rounding is compared
+        pt, pl, pb, pr = attrs["pads"]
+        y = F.conv_transpose2d(x.double(), t["weight"].double(), t["bias"].double(),
+                               attrs["stride"], 0, attrs["output_padding"], attrs["groups"],
+                               attrs["dilation"])
+        y = y[:, :, pt:y.shape[2] - pb, pl:y.shape[3] - pr]
+        if attrs["activation"] == "relu":
+            y = F.relu(y)
+        elif attrs["activation"] == "clamp":
+            y = torch.clamp(y, attrs["act_min"], attrs["act_max"])
+        return y.float()
+    if op == "avg_pool2d":
+        pt, pl, pb, pr = attrs["pads"]
+        if (pt, pl) != (pb, pr):
+            return None   # torch takes symmetric padding only
+        return F.avg_pool2d(x, attrs["kernel"], attrs["stride"], (pt, pl),
+                            bool(attrs["ceil_mode"]), bool(attrs["count_include_pad"]),
+                            attrs["divisor"] or None)
+    if op == "adaptive_avg_pool2d":
+        return F.adaptive_avg_pool2d(x, attrs["size"])
+    if op == "adaptive_max_pool2d":
+        return F.adaptive_max_pool2d(x, attrs["size"])
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
 

@@ -167,6 +167,37 @@ def make_resize(b, x, op):
     return b.add(op, [x], a)
 
 
+def make_conv_transpose2d(b, x):
+    c, h, w = b.shapes[x][1:]
+    big = h * w > 300                    # keep chains of upsamplings small
+    k = (b.draw(st.integers(1, 4)), b.draw(st.integers(1, 4)))
+    s = (1, 1) if big else (b.draw(st.integers(1, 3)), b.draw(st.integers(1, 3)))
+    d = (b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2)))
+    pads = tuple(b.draw(st.integers(0, d[i % 2] * (k[i % 2] - 1) + 1)) for i in range(4))
+    op = tuple(b.draw(st.integers(0, max(s[i], d[i]) - 1)) for i in range(2))
+    g = b.draw(st.sampled_from([1, 1, 2, "dw"]))
+    g = c if g == "dw" else (g if c % g == 0 else 1)
+    cout = c if g == c else g * b.draw(st.integers(1, 4))
+    return b.add("conv_transpose2d", [x], {
+        "out_channels": cout, "kernel": k, "stride": s, "pads": pads, "output_padding": op,
+        "dilation": d, "groups": g, "activation": b.draw(st.sampled_from(["none", "relu"]))})
+
+
+def make_avg_pool2d(b, x):
+    k = (b.draw(st.integers(1, 4)), b.draw(st.integers(1, 4)))
+    return b.add("avg_pool2d", [x], {
+        "kernel": k, "stride": (b.draw(st.integers(1, 3)), b.draw(st.integers(1, 3))),
+        "pads": tuple(b.draw(st.integers(0, k[i % 2] // 2)) for i in range(4)),
+        "ceil_mode": b.draw(st.integers(0, 1)), "count_include_pad": b.draw(st.integers(0, 1)),
+        "divisor": b.draw(st.sampled_from([0, 0, 0, 2]))})
+
+
+def make_adaptive(b, x, op):
+    h, w = b.shapes[x][2:]
+    size = (b.draw(st.integers(1, h + 2)), b.draw(st.integers(1, w + 2)))
+    return b.add(op, [x], {"size": size})
+
+
 # op name -> (maker, how often it is drawn relative to the others)
 MAKERS_WEIGHTED = {
     "conv2d": (make_conv2d, 3),
@@ -204,6 +235,10 @@ MAKERS_WEIGHTED = {
     "pow": (lambda b, x: b.add("pow", [x], {
         "exponent": b.draw(st.sampled_from([2.0, 3.0, 0.5, -1.0]))}), 1),
     # windows: transposed conv, average pools
+    "conv_transpose2d": (make_conv_transpose2d, 2),
+    "avg_pool2d": (make_avg_pool2d, 1),
+    "adaptive_avg_pool2d": (lambda b, x: make_adaptive(b, x, "adaptive_avg_pool2d"), 1),
+    "adaptive_max_pool2d": (lambda b, x: make_adaptive(b, x, "adaptive_max_pool2d"), 1),
     # rearranging and normalising: pad, pixel shuffle, slice, norms
 }
 MAKERS = {op: fn for op, (fn, _) in MAKERS_WEIGHTED.items()}
