@@ -532,11 +532,11 @@ def native_group_norm(ctx, a):
 # recognise: the error names the op with the hint and says what the model did.
 NO_RULE_HINTS = {
     "aten.index.Tensor": (
-        "advanced indexing with an index tensor is not supported; F.pad(mode='reflect' "
+        "advanced indexing with an index tensor; F.pad(mode='reflect' "
         "or 'replicate') and Conv2d(padding_mode='reflect' or 'replicate') decompose into "
         "it, with indices built by aten.arange: use constant (zero) padding instead"),
     "aten.slice_scatter.default": (
-        "writing into a slice of a tensor is not supported; F.pad(mode='circular') and "
+        "writing into a slice of a tensor; F.pad(mode='circular') and "
         "Conv2d(padding_mode='circular') decompose into it: use constant (zero) padding "
         "instead"),
 }

@@ -289,10 +289,12 @@ def _no_rule_error(ep):
     if hinted:
         missing = {hinted[0]: missing.pop(hinted[0]), **missing}
     (op, fx), *others = missing.items()
-    detail = NO_RULE_HINTS.get(op, "framedelta has no converter rule for it")
+    detail = "framedelta has no converter rule for it"
     if others:
         names = ", ".join(o for o, _ in others)
         detail += f" (nor for {names}, which the model also uses)"
+    if op in NO_RULE_HINTS:
+        detail += ": " + NO_RULE_HINTS[op]
     return UnsupportedOperatorError(op, describe(fx), detail)
 
 
