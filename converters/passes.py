@@ -6,6 +6,7 @@ tensor it removes has exactly one user (or only foldable users) and is not a gra
 output. Weight arithmetic is done in float64 and stored as float32.
 """
 
+import math
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -73,15 +74,18 @@ def _extent_ok(pads, kernel, dilation):
 
 
 def fold_pads(graph):
-    """A zero 'pad' pseudo-node whose readers are all conv2d adds its (top, left,
-    bottom, right) to their pads: F.pad(x, (0, 1, 0, 1)) + conv gives asymmetric pads.
-    Pads that the format cannot hold (not smaller than the kernel extent) stay, and the
-    converter then reports the pad as unsupported."""
+    """A zero `pad` whose readers are all conv2d adds its (top, left, bottom, right) to
+    their pads: F.pad(x, (0, 1, 0, 1)) + conv gives asymmetric pads, for free. A pad
+    with another value or reader, returned by the graph, or too wide for a reader's
+    kernel extent stays a `pad` node."""
     users = _users(graph)
     n = 0
     for pad in [node for node in graph.nodes if node.op == "pad"]:
         out = pad.outputs[0]
         readers = users[out]
+        value = pad.attrs.get("value", 0.0)
+        if value != 0.0 or math.copysign(1.0, value) < 0:
+            continue      # a conv pads with +0.0
         if out in graph.outputs or not readers or any(r.op != "conv2d" for r in readers):
             continue
         new = {}
@@ -355,12 +359,8 @@ def run_passes(graph):
 
 
 # Pseudo-ops: what a rule may emit that is not a format op, for a pass to fold into a
-# real one (a zero pad into the following convolutions); the message says why one that
-# is left over cannot be converted.
+# real one; the message says why one that is left over cannot be converted.
 PSEUDO_OPS = {
-    "pad": ("zero padding is supported only where it folds into the padding of the "
-            "convolutions that read it (every reader a conv2d, and the pad smaller than "
-            "their kernel extent); a standalone constant pad op is not in format version 1"),
     # activations and softmax
     "gt": ("a comparison is supported only inside where(x > 0, x, x * w), PReLU's "
            "decomposition, which converts to prelu or leaky_relu; framedelta has no "
@@ -373,5 +373,5 @@ PSEUDO_OPS = {
 
 
 def leftover_pseudo_nodes(graph):
-    """Nodes whose op is not a format op (a 'pad' no pass could fold)."""
+    """Nodes whose op is not a format op (a pseudo-op no pass could fold)."""
     return [node for node in graph.nodes if node.op not in OPS]

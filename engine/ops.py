@@ -193,14 +193,25 @@ def prepare_global_avg_pool(node, attrs, in_shapes, out_shape):
 
 
 def prepare_concat(node, attrs, in_shapes, out_shape):
-    if len(out_shape) == 4 or len(out_shape) == 2:
+    axis = attrs["axis"]
+    if len(out_shape) in (2, 4) and out_shape[0] == 1 and axis == 1:
         # channels are the last engine axis for images and the only one for vectors
         def run(inputs, out, n_threads, pix=None):
             K.concat_channels([positions(a) for a in inputs], positions(out), n_threads, pix)
         return run
+    if len(out_shape) == 4 and out_shape[0] == 1:
+        # H or W of an image (engine axes 0, 1): a gather from per-row/column tables
+        axis -= 2
+        sizes = [s[2 + axis] for s in in_shapes]
+        src = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+        loc = np.concatenate([np.arange(n) for n in sizes]).astype(np.int32)
+
+        def run_spatial(inputs, out, n_threads, pix=None):
+            _rearrange.concat_spatial(list(inputs), src, loc, axis, out, n_threads, pix)
+        return run_spatial
 
     def run_other(inputs, out, n_threads, pix=None):
-        out[...] = np.concatenate(inputs, axis=attrs["axis"])
+        np.concatenate(inputs, axis=axis, out=out)
     return run_other
 
 
@@ -558,5 +569,43 @@ def prepare_adaptive_max_pool2d(node, attrs, in_shapes, out_shape):
 
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+from . import _rearrange  # noqa: E402  (kept beside the ops that use it)
+
+
+def prepare_pad(node, attrs, in_shapes, out_shape):
+    pt, pl, _, _ = attrs["pads"]
+    value = float(attrs["value"])
+
+    def run(inputs, out, n_threads, pix=None):
+        _rearrange.pad(inputs[0], out, pt, pl, value, n_threads, pix)
+    return run
+
+
+def prepare_slice(node, attrs, in_shapes, out_shape):
+    axis, start, end, step = attrs["axis"], attrs["start"], attrs["end"], attrs["step"]
+    in_shape = tuple(in_shapes[0])
+    if len(in_shape) == 4 and in_shape[0] == 1:
+        def run(inputs, out, n_threads, pix=None):
+            _rearrange.slice_image(inputs[0], out, axis, start, step, n_threads, pix)
+        return run
+    index = [slice(None)] * len(in_shape)
+    index[axis] = slice(start, end, step)
+    index = tuple(index)
+
+    def run_whole(inputs, out, n_threads, pix=None):
+        # vectors and other ranks: a copy in torch layout, computed whole
+        out[...] = to_internal(to_torch(inputs[0], in_shape)[index], out_shape)
+    return run_whole
+
+
+def prepare_group_norm(node, attrs, in_shapes, out_shape):
+    w = np.ascontiguousarray(node.weights["weight"], np.float32)
+    b = np.ascontiguousarray(node.weights["bias"], np.float32)
+    g, eps = attrs["num_groups"], float(attrs["eps"])
+
+    def run(inputs, out, n_threads, pix=None):
+        _rearrange.group_norm(positions(inputs[0]), w, b, positions(out), g, eps, n_threads)
+    return run
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------

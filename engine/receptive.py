@@ -112,6 +112,39 @@ def pool_windows(op):
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
+def _shifted_axis(out_size, in_size, start, step):
+    """Output index o reads input index start + o * step, or nothing outside the input."""
+    i = start + np.arange(out_size, dtype=np.int64) * step
+    ok = (i >= 0) & (i < in_size)
+    return np.where(ok, i, 0).astype(np.int32), np.where(ok, i, -1).astype(np.int32)
+
+
+def pad(attrs, in_shapes, out_shape):
+    """Output index o reads input o - pad_before; the padding reads nothing."""
+    pt, pl, _, _ = attrs["pads"]
+    h, w = in_shapes[0][2:]
+    return (_shifted_axis(out_shape[2], h, -pt, 1), _shifted_axis(out_shape[3], w, -pl, 1))
+
+
+def sliced(attrs, in_shapes, out_shape):
+    """slice: on channels elementwise (SAME); on H or W, o reads start + o * step."""
+    axis = attrs["axis"]
+    if axis == 1:
+        return SAME
+    h, w = in_shapes[0][2:]
+    rows = _shifted_axis(out_shape[2], h, *((attrs["start"], attrs["step"]) if axis == 2
+                                            else (0, 1)))
+    cols = _shifted_axis(out_shape[3], w, *((attrs["start"], attrs["step"]) if axis == 3
+                                            else (0, 1)))
+    return rows, cols
+
+
+def concat(attrs, in_shapes, out_shape):
+    """On channels position p reads p of every input (SAME); on H or W global: the
+    ranges format reads one input per axis, and a position of the output reads one
+    input or another depending on where it lies, so any change recomputes it whole."""
+    return SAME if attrs["axis"] == 1 else None
+
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
 

@@ -6,6 +6,7 @@ rather than fast (float64 accumulation where it matters). Their signature is
 filled in). :func:`run_graph` runs a whole graph with them.
 """
 
+import builtins
 import math
 
 import numpy as np
@@ -399,6 +400,35 @@ def adaptive_max_pool2d(inputs, attrs, weights):
 
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+def pad(inputs, attrs, weights):
+    (x,) = inputs
+    return _pad(x, attrs["pads"], np.float32(attrs["value"])).astype(np.float32)
+
+
+def slice(inputs, attrs, weights):   # noqa: A001 - the op's name (builtins.slice below)
+    (x,) = inputs
+    index = [builtins.slice(None)] * x.ndim
+    index[attrs["axis"]] = builtins.slice(attrs["start"], attrs["end"], attrs["step"])
+    return x[tuple(index)].copy()
+
+
+def group_norm(inputs, attrs, weights):
+    """Statistics per group of channels over the group's channels and all positions,
+    in float64: biased variance, y = (x - mean) / sqrt(var + eps) * weight + bias."""
+    (x,) = inputs
+    n, c = x.shape[:2]
+    g = attrs["num_groups"]
+    xg = x.astype(np.float64).reshape(n, g, -1)
+    mean = xg.mean(axis=2, keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + attrs["eps"])
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    scale = np.repeat(rstd.reshape(n, g), c // g, axis=1).reshape((n, c) + (1,) * (x.ndim - 2))
+    meanc = np.repeat(mean.reshape(n, g), c // g, axis=1).reshape(scale.shape)
+    y = (x - meanc) * (scale * weights["weight"].astype(np.float64).reshape(shape)) \
+        + weights["bias"].astype(np.float64).reshape(shape)
+    return y.astype(np.float32)
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 

@@ -31,7 +31,7 @@ REGISTRY = {
     "global_avg_pool":   OpImpl(reference.global_avg_pool, ops.prepare_global_avg_pool,
                                 R("global_avg_pool"), masked=False),
     "add":               OpImpl(reference.add, ops.prepare_add, R("add")),
-    "concat":            OpImpl(reference.concat, ops.prepare_concat, R("concat")),
+    "concat":            OpImpl(reference.concat, ops.prepare_concat, receptive.concat),
     "upsample_nearest":  OpImpl(reference.upsample_nearest, ops.prepare_upsample_nearest,
                                 receptive.nearest),
     "upsample_bilinear": OpImpl(reference.upsample_bilinear, ops.prepare_upsample_bilinear,
@@ -73,6 +73,10 @@ REGISTRY = {
                                   receptive.pool_windows("adaptive_max_pool2d")),
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    "pad":               OpImpl(reference.pad, ops.prepare_pad, receptive.pad),
+    "slice":             OpImpl(reference.slice, ops.prepare_slice, receptive.sliced),
+    "group_norm":        OpImpl(reference.group_norm, ops.prepare_group_norm,
+                                R("group_norm"), masked=False),
 
     # layout-breaking tails, computed whole: permute, expand, matmul
 }

@@ -417,6 +417,52 @@ def _adaptive_macs(attrs, in_shapes, out_shapes):
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
+def _pad_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    n, c, h, w = in_shapes[0]
+    pt, pl, pb, pr = attrs["pads"]
+    return [(n, c, h + pt + pb, w + pl + pr)]
+
+
+def slice_length(start, end, step):
+    """Elements of range(start, end, step) for 0 <= start < end, step >= 1."""
+    return (end - start + step - 1) // step
+
+
+def _slice_infer(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    axis, start, end = attrs["axis"], attrs["start"], attrs["end"]
+    if axis >= len(shape):
+        raise SchemaError("axis", f"axis {axis} out of range for input shape {shape}")
+    if end > shape[axis]:
+        raise SchemaError("end", f"end {end} is past the input's size {shape[axis]} on "
+                          f"axis {axis}")
+    if start >= end:
+        raise SchemaError("start", f"start {start} is not below end {end}: empty slice")
+    out = list(shape)
+    out[axis] = slice_length(start, end, attrs["step"])
+    return [tuple(out)]
+
+
+def _group_norm_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (2, 4))
+    c = in_shapes[0][1]
+    if in_shapes[0][0] != 1:
+        raise SchemaError("input[0]", f"group_norm needs batch 1, got shape {tuple(in_shapes[0])}")
+    if c % attrs["num_groups"]:
+        raise SchemaError("num_groups", f"{c} channels are not divisible by num_groups "
+                          f"{attrs['num_groups']}")
+    return {"weight": (c,), "bias": (c,)}
+
+
+def _group_norm_infer(attrs, in_shapes):
+    _group_norm_weights(attrs, in_shapes)
+    return _same_shape(attrs, in_shapes)
+
+
+def _group_norm_macs(attrs, in_shapes, out_shapes):
+    return 3 * _numel(in_shapes[0])
+
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
 
@@ -448,8 +494,8 @@ _SCHEMAS = [
              _no_weights, _gap_infer, _gap_macs, doc="mean over H and W"),
     _binary("add", 7, "a + b"),
     OpSchema("concat", 8, Category.MULTI_INPUT, (1, None),
-             {"axis": Attr("int", min=1, max=1, default=1)},
-             _no_weights, _concat_infer, doc="concatenation along channels"),
+             {"axis": Attr("int", min=1, max=MAX_RANK - 1, default=1)},
+             _no_weights, _concat_infer, doc="concatenation along an axis (not the batch)"),
     OpSchema("upsample_nearest", 9, Category.WINDOWED, (1, 1),
              {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)"),
               "scales": Attr("floats", 2, 0.0, MAX_DIM,
@@ -540,6 +586,22 @@ _SCHEMAS = [
              doc="max over torch's adaptive windows"),
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    OpSchema("pad", 50, Category.WINDOWED, (1, 1),
+             {"pads": Attr("ints", 4, 0, MAX_DIM, doc="(top, left, bottom, right)"),
+              "value": Attr("float", default=0.0, doc="the value of the padding")},
+             _no_weights, _pad_infer, doc="constant padding of H and W (F.pad)"),
+    OpSchema("slice", 51, Category.WINDOWED, (1, 1),
+             {"axis": Attr("int", min=1, max=MAX_RANK - 1, doc="torch-layout axis"),
+              "start": Attr("int", min=0, max=MAX_DIM - 1, default=0),
+              "end": Attr("int", min=1, max=MAX_DIM, doc="exclusive"),
+              "step": Attr("int", min=1, max=MAX_DIM, default=1)},
+             _no_weights, _slice_infer,
+             doc="x[start:end:step] along one axis (narrow, split, chunk, select)"),
+    OpSchema("group_norm", 52, Category.GLOBAL, (1, 1),
+             {"num_groups": Attr("int", min=1, max=MAX_DIM),
+              "eps": Attr("float", min=0.0, default=1e-5)},
+             _group_norm_weights, _group_norm_infer, _group_norm_macs,
+             doc="normalise each group of channels over the group and H, W; affine"),
 
     # layout-breaking tails, computed whole: permute, expand, matmul
 ]

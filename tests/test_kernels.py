@@ -109,9 +109,14 @@ def case_global_avg_pool(data):
 
 def case_concat(data):
     n = data.draw(st.integers(1, 4))
-    hw = data.draw(st.sampled_from([(), _spatial(data)]))
-    shapes = [(1, data.draw(st.integers(1, 9)), *hw) for _ in range(n)]
-    return {"axis": 1}, shapes, {}, True
+    shape = list(data.draw(st.sampled_from([(1, 5), (1, 3, *_spatial(data)),
+                                             (1, *_spatial(data))])))
+    axis = data.draw(st.integers(1, len(shape) - 1))
+    shapes = []
+    for _ in range(n):
+        shape[axis] = data.draw(st.integers(1, 9))
+        shapes.append(tuple(shape))
+    return {"axis": axis}, shapes, {}, True
 
 
 def _resize(data):
@@ -305,6 +310,39 @@ def case_adaptive_max_pool2d(data):
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
+def case_pad(data):
+    c = data.draw(st.integers(1, 9))
+    pads = tuple(data.draw(st.integers(0, 4)) for _ in range(4))
+    if data.draw(st.integers(0, 4)) == 0:
+        pads = tuple(p + data.draw(st.integers(0, 25)) for p in pads)   # wider than x
+    value = data.draw(st.sampled_from([0.0, -0.0, 1.5, -2.25, 3.0e38, -np.inf, np.inf]))
+    return {"pads": pads, "value": value}, [(1, c, *_spatial(data))], {}, True
+
+
+def case_slice(data):
+    kind = data.draw(st.sampled_from(["image", "image", "image", "vector", "rank3"]))
+    if kind == "image":
+        shape = (1, data.draw(st.integers(1, 13)), *_spatial(data))
+    elif kind == "vector":
+        shape = (1, data.draw(st.integers(1, 40)))
+    else:
+        shape = (1, *_spatial(data))
+    axis = data.draw(st.integers(1, len(shape) - 1))
+    n = shape[axis]
+    start = data.draw(st.integers(0, n - 1))
+    end = data.draw(st.integers(start + 1, n))
+    step = data.draw(st.sampled_from([1, 1, 2, 3, 5]))
+    return {"axis": axis, "start": start, "end": end, "step": step}, [shape], {}, True
+
+
+def case_group_norm(data):
+    g = data.draw(st.integers(1, 6))
+    c = g * data.draw(st.integers(1, 6))
+    shape = data.draw(st.sampled_from([(1, c, *_spatial(data)), (1, c)]))
+    eps = data.draw(st.sampled_from([1e-5, 1e-3, 0.5]))
+    return ({"num_groups": g, "eps": eps}, [shape],
+            {"weight": _array(data, (c,)), "bias": _array(data, (c,))}, False)
+
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
 
@@ -430,7 +468,7 @@ def _torch_op(op, attrs, weights, ts):
     if op == "global_avg_pool":
         return x.mean((2, 3), keepdim=bool(attrs["keepdim"]))
     if op == "concat":
-        return torch.cat(ts, 1)
+        return torch.cat(ts, attrs["axis"])
     if op == "upsample_nearest":
         return F.interpolate(x, size=attrs["size"], mode="nearest")
     if op == "upsample_bilinear":
@@ -493,6 +531,21 @@ def _torch_op(op, attrs, weights, ts):
         return F.adaptive_max_pool2d(x, attrs["size"])
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    if op == "pad":
+        pt, pl, pb, pr = attrs["pads"]
+        return F.pad(x, (pl, pr, pt, pb), value=attrs["value"])
+    if op == "slice":
+        index = (slice(None),) * attrs["axis"] + (slice(attrs["start"], attrs["end"],
+                                                        attrs["step"]),)
+        return x[index]
+    if op == "group_norm":
+        # in float64: the reference and the kernel accumulate in double; this checks
+        # the semantics (groups, biased variance, eps, affine) against torch's. The aten
+        # op, as exported: F.group_norm refuses one value per channel, the op does not
+        n, c = x.shape[:2]
+        return torch.ops.aten.native_group_norm(
+            x.double(), t["weight"].double(), t["bias"].double(), n, c, x[0, 0].numel(),
+            attrs["num_groups"], attrs["eps"])[0].float()
 
     # layout-breaking tails, computed whole: permute, expand, matmul
     raise KeyError(op)

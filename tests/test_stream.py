@@ -240,6 +240,22 @@ MAKERS_WEIGHTED = {
     "adaptive_avg_pool2d": (lambda b, x: make_adaptive(b, x, "adaptive_avg_pool2d"), 1),
     "adaptive_max_pool2d": (lambda b, x: make_adaptive(b, x, "adaptive_max_pool2d"), 1),
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    "pad": (lambda b, x: b.add("pad", [x], {
+        "pads": tuple(b.draw(st.integers(0, 3)) for _ in range(4)),
+        "value": b.draw(st.sampled_from([0.0, 0.5, -2.0]))}), 1),
+    "slice": (lambda b, x: b.add("slice", [x], {         # channels, H or W
+        "axis": (ax := b.draw(st.integers(1, 3))),
+        "start": (s0 := b.draw(st.integers(0, b.shapes[x][ax] - 1))),
+        "end": b.draw(st.integers(s0 + 1, b.shapes[x][ax])),
+        "step": b.draw(st.integers(1, 3))}), 2),
+    "concat_hw": (lambda b, x: (lambda ax: b.add("concat", [x] + b.draw(st.lists(
+        st.sampled_from([t for t in b.spatial      # equal C and the other spatial axis
+                         if all(b.shapes[t][i] == b.shapes[x][i] for i in (1, 5 - ax))]),
+        min_size=1, max_size=2)), {"axis": ax}))(b.draw(st.integers(2, 3))), 1),
+    "group_norm": (lambda b, x: b.add("group_norm", [x], {
+        "num_groups": b.draw(st.sampled_from(
+            [g for g in range(1, b.shapes[x][1] + 1) if b.shapes[x][1] % g == 0])),
+        "eps": 1e-5}), 1),
 }
 MAKERS = {op: fn for op, (fn, _) in MAKERS_WEIGHTED.items()}
 MAKER_CHOICES = [op for op, (_, k) in MAKERS_WEIGHTED.items() for _ in range(k)]
