@@ -430,3 +430,106 @@ def test_unsupported_values_name_the_op(fn, op, detail):
     assert info.value.op == op, str(info.value)
     assert detail in str(info.value)
     assert THIS_FILE in str(info.value)
+
+
+# --- detection and attention heads (with the activation and slicing ops) ---------------
+
+class Detect(nn.Module):
+    """YOLOv5's Detect head in eval mode: per scale a 1x1 conv, view / permute /
+    contiguous, sigmoid, split on the last axis, arithmetic with constant grids and
+    anchors (broadcasting), pow, cat on the last axis, view; returns the decoded boxes of
+    all scales (cat on axis 1) and the raw maps, as a tuple."""
+
+    def __init__(self, nc=2, ch=(8, 8, 8), sizes=((16, 20), (8, 10), (4, 5)),
+                 strides=(8, 16, 32), slicing=False):
+        super().__init__()
+        self.nc, self.no, self.na, self.slicing = nc, nc + 5, 3, slicing
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        self.strides = strides
+        g = torch.Generator().manual_seed(5)
+        for i, (ny, nx) in enumerate(sizes):
+            yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+            grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2).float() - 0.5
+            anchors = torch.rand(1, self.na, 1, 1, 2, generator=g) * 40 + 10
+            self.register_buffer(f"grid{i}", grid)
+            self.register_buffer(f"anchor_grid{i}", anchors.expand(1, self.na, ny, nx, 2)
+                                 .contiguous())
+
+    def forward(self, feats):
+        z, raw = [], []
+        for i, f in enumerate(feats):
+            p = self.m[i](f)
+            bs, _, ny, nx = p.shape
+            p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            raw.append(p)
+            y = p.sigmoid()
+            if self.slicing:
+                xy, wh, conf = y[..., :2], y[..., 2:4], y[..., 4:]
+            else:
+                xy, wh, conf = y.split((2, 2, self.nc + 1), 4)
+            xy = (xy * 2 + getattr(self, f"grid{i}")) * self.strides[i]
+            wh = (wh * 2) ** 2 * getattr(self, f"anchor_grid{i}")
+            z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+        return (torch.cat(z, 1), *raw)
+
+
+class TinyYolo(nn.Module):
+    def __init__(self, slicing=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.down = nn.ModuleList(nn.Conv2d(8, 8, 3, stride=2, padding=1) for _ in range(3))
+        self.detect = Detect(slicing=slicing)
+
+    def forward(self, x):
+        f = [self.down[0](torch.nn.functional.silu(self.stem(x)))]
+        for d in self.down[1:]:
+            f.append(d(f[-1]))
+        return self.detect(f)
+
+
+@pytest.mark.parametrize("slicing", [False, True], ids=["split", "slicing"])
+def test_yolo_decoding_head(slicing):
+    from test_stream import assert_identical
+    torch.manual_seed(0)
+    net = TinyYolo(slicing).eval()
+    g = check(net, (1, 3, 64, 80))
+    assert len(g.outputs) == 4
+    assert {"permute", "sigmoid", "pow", "concat"} <= set(ops(g))
+    model = Model(g)
+    s = model.stream()
+    rng = np.random.default_rng(1)
+    x = torch.randn(1, 3, 64, 80).numpy()
+    for i in range(3):
+        x = x.copy()
+        x[:, :, 20 + 9 * i:40 + 9 * i, 30:50] += rng.standard_normal((1, 3, 20, 20)).astype(
+            np.float32)
+        y = s.step(x)
+        assert isinstance(y, tuple) and len(y) == 4
+        assert_identical(y, model.run(x), f"frame {i}")
+        with torch.no_grad():
+            for a, b in zip(y, net(torch.from_numpy(x))):
+                close(a, b.numpy())
+
+
+class SelfAttention2d(nn.Module):
+    """Non-local / SAGAN-style attention over the positions of a feature map: 1x1 convs,
+    flatten, transpose, bmm, softmax over the last axis, bmm, view back, residual."""
+
+    def __init__(self, c=8, d=4):
+        super().__init__()
+        self.q, self.k, self.v = nn.Conv2d(c, d, 1), nn.Conv2d(c, d, 1), nn.Conv2d(c, c, 1)
+        self.scale = d ** -0.5
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q = self.q(x).flatten(2).transpose(1, 2)            # (1, HW, d)
+        k = self.k(x).flatten(2)                            # (1, d, HW)
+        attn = torch.softmax(q @ k * self.scale, dim=-1)    # (1, HW, HW)
+        v = self.v(x).flatten(2)                            # (1, C, HW)
+        return x + (v @ attn.transpose(1, 2)).view(b, c, h, w)
+
+
+def test_attention_block():
+    g = check(Net(lambda m, x: m.att(m.conv(x)), conv=nn.Conv2d(8, 8, 3, padding=1),
+                  att=SelfAttention2d()))
+    assert ops(g).count("matmul") == 2 and "softmax" in ops(g)
