@@ -264,7 +264,7 @@ MAKERS_WEIGHTED = {
     "pixel_shuffle": (make_pixel_shuffle, 1),
     "pixel_unshuffle": (make_pixel_unshuffle, 1),
     "layer_norm": (make_layer_norm, 1),
-    "tail": (make_tail, 1),
+    "tail": (make_tail, 3),
     # broadcasting arithmetic (add, sub, mul, div)
     "add": (lambda b, x: make_binary(b, x, "add"), 1),
     "sub": (lambda b, x: make_binary(b, x, "sub"), 1),
