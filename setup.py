@@ -91,7 +91,7 @@ def extensions():
 
 setup(
     name="framedelta",
-    version="0.1.0",
+    version="0.2.0",
     description="Incremental CNN inference for fixed-camera video on the CPU",
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
