@@ -97,7 +97,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["framedelta", "framedelta.engine", "framedelta.formats",
-              "framedelta.converters"],
+              "framedelta.converters", "framedelta.converters.zoo"],
     package_dir={"framedelta": "framedelta", "framedelta.engine": "engine",
                  "framedelta.formats": "formats", "framedelta.converters": "converters"},
     package_data={"framedelta.formats": ["SPEC.md"]},
