@@ -14,6 +14,7 @@ both paths, so that a run is just kernel calls.
 
 import numpy as np
 
+from . import _elementwise as E
 from . import _kernels as K
 from .layout import to_internal, to_torch
 
@@ -191,12 +192,6 @@ def prepare_global_avg_pool(node, attrs, in_shapes, out_shape):
     return run
 
 
-def prepare_add(node, attrs, in_shapes, out_shape):
-    def run(inputs, out, n_threads, pix=None):
-        K.add(positions(inputs[0]), positions(inputs[1]), positions(out), n_threads, pix)
-    return run
-
-
 def prepare_concat(node, attrs, in_shapes, out_shape):
     if len(out_shape) == 4 or len(out_shape) == 2:
         # channels are the last engine axis for images and the only one for vectors
@@ -273,6 +268,58 @@ def prepare_reshape(node, attrs, in_shapes, out_shape):
 
 
 # --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+def is_image(shape):
+    """(1, C, H, W): the engine holds it as an (H, W, C) array."""
+    return len(shape) == 4 and shape[0] == 1
+
+
+def broadcast_strides(shape, out_shape):
+    """Element strides over the output's engine axes (y, x, c) of a C-contiguous
+    engine-layout image of torch ``shape``; 0 along the axes it broadcasts over."""
+    h, w, c = shape[2], shape[3], shape[1]
+    strides = (w * c, c, 1)
+    return np.array([0 if n == 1 else s for n, s in zip((h, w, c), strides)], np.intp)
+
+
+_NUMPY_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def _prepare_binary(node, attrs, in_shapes, out_shape):
+    """add, sub, mul, div: two inputs, or the input and the constant ``other``."""
+    op = node.op
+    shapes = list(in_shapes)
+    const = None
+    if len(in_shapes) == 1:
+        shapes.append(tuple(attrs["other_shape"]))
+        const = np.ascontiguousarray(node.weights["other"], np.float32).reshape(shapes[1])
+    order = (1, 0) if attrs["reverse"] else (0, 1)
+
+    if is_image(out_shape):
+        other = None if const is None else to_internal(const, shapes[1])
+        strides = [broadcast_strides(s, out_shape) for s in shapes]
+        code = E.OPS[op]
+
+        def run(inputs, out, n_threads, pix=None):
+            operands = [inputs[0], inputs[1] if other is None else other]
+            a, b = (operands[i] for i in order)
+            E.binary(a, strides[order[0]], b, strides[order[1]], out, code, n_threads, pix)
+        return run
+
+    fn = _NUMPY_BINARY[op]
+
+    def run_whole(inputs, out, n_threads, pix=None):
+        # tails (vectors, detection heads): torch layout, numpy's broadcasting
+        operands = [to_torch(inputs[0], shapes[0]),
+                    const if const is not None else to_torch(inputs[1], shapes[1])]
+        a, b = (operands[i] for i in order)
+        with np.errstate(all="ignore"):        # inf and NaN are values here, as in torch
+            out[...] = to_internal(fn(a, b, dtype=np.float32), out_shape)
+    return run_whole
+
+
+prepare_add = prepare_sub = prepare_mul = prepare_div = _prepare_binary
+
 
 # --- activations and softmax ------------------------------------------------
 

@@ -124,8 +124,11 @@ def receptive_fields(graph, shapes, rules):
             spans[t_out] = out[t_out] = None
             continue
         if rule is SAME:
-            axes = tuple((np.minimum.reduce([s[a][0] for s in ins]),
-                          np.maximum.reduce([s[a][1] for s in ins])) for a in range(2))
+            # inputs broadcast over an axis (length 1) see that axis whole
+            n_out = shapes[t_out][2:]
+            axes = tuple((np.minimum.reduce([np.broadcast_to(s[a][0], n_out[a]) for s in ins]),
+                          np.maximum.reduce([np.broadcast_to(s[a][1], n_out[a]) for s in ins]))
+                         for a in range(2))
         else:
             axes = []
             for a, (lo, hi) in enumerate(rule):

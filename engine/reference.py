@@ -105,10 +105,6 @@ def global_avg_pool(inputs, attrs, weights):
     return y.astype(np.float32)
 
 
-def add(inputs, attrs, weights):
-    return (inputs[0] + inputs[1]).astype(np.float32)
-
-
 def concat(inputs, attrs, weights):
     return np.concatenate(inputs, axis=attrs["axis"])
 
@@ -170,6 +166,32 @@ def identity(inputs, attrs, weights):
 
 
 # --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+def _operands(inputs, attrs, weights):
+    a = inputs[0]
+    b = inputs[1] if len(inputs) == 2 else weights["other"].reshape(attrs["other_shape"])
+    return (b, a) if attrs["reverse"] else (a, b)
+
+
+def add(inputs, attrs, weights):
+    a, b = _operands(inputs, attrs, weights)
+    return np.add(a, b, dtype=np.float32)
+
+
+def sub(inputs, attrs, weights):
+    a, b = _operands(inputs, attrs, weights)
+    return np.subtract(a, b, dtype=np.float32)
+
+
+def mul(inputs, attrs, weights):
+    a, b = _operands(inputs, attrs, weights)
+    return np.multiply(a, b, dtype=np.float32)
+
+
+def div(inputs, attrs, weights):
+    a, b = _operands(inputs, attrs, weights)
+    return np.divide(a, b, dtype=np.float32)
+
 
 # --- activations and softmax ------------------------------------------------
 

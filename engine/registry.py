@@ -41,6 +41,9 @@ REGISTRY = {
                                 masked=False),
     "identity":          OpImpl(reference.identity, ops.prepare_identity, R("identity")),
     # broadcasting arithmetic (add, sub, mul, div)
+    "sub":               OpImpl(reference.sub, ops.prepare_sub, R("sub")),
+    "mul":               OpImpl(reference.mul, ops.prepare_mul, R("mul")),
+    "div":               OpImpl(reference.div, ops.prepare_div, R("div")),
 
     # activations and softmax
 

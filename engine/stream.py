@@ -250,10 +250,12 @@ class Stream:
         if step.rule is None:                       # global: any change dirties all
             return np.ones(step.mask_shape, np.uint8)
         if step.rule is SAME:
-            if len(ins) == 1:
+            if len(ins) == 1 and ins[0].shape == step.mask_shape:
                 return ins[0]
-            out = ins[0].copy()
-            for m in ins[1:]:
+            # the union; an input broadcast over H or W (squeeze-excitation's scale)
+            # dirties the output wherever it is dirty, along the whole broadcast axis
+            out = np.zeros(step.mask_shape, np.uint8)
+            for m in ins:
                 np.bitwise_or(out, m, out=out)
             return out
         (lo_y, hi_y), (lo_x, hi_x) = step.rule

@@ -54,6 +54,7 @@ class Attr:
     choices: tuple = ()
     default: object = REQUIRED
     doc: str = ""
+    empty_ok: bool = False      # ints/floats: an empty list is allowed (means "absent")
 
 
 @dataclass(frozen=True)
@@ -187,13 +188,6 @@ def _gap_macs(attrs, in_shapes, out_shapes):
 
 # --- multi-input -----------------------------------------------------------------
 
-def _add_infer(attrs, in_shapes):
-    a, b = (tuple(s) for s in in_shapes)
-    if a != b:
-        raise SchemaError("inputs", f"add needs equal shapes, got {a} and {b}")
-    return [a]
-
-
 def _concat_infer(attrs, in_shapes):
     axis = attrs["axis"]
     first = tuple(in_shapes[0])
@@ -265,6 +259,60 @@ def _clamp_infer(attrs, in_shapes):
 
 # --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
 
+def broadcast_shape(a, b, field="inputs"):
+    """numpy's broadcast of two shapes of equal rank (the format needs equal ranks)."""
+    a, b = tuple(a), tuple(b)
+    if len(a) != len(b):
+        raise SchemaError(field, f"operands need equal ranks, got shapes {a} and {b}")
+    out = []
+    for da, db in zip(a, b):
+        if da != db and 1 not in (da, db):
+            raise SchemaError(field, f"shapes {a} and {b} do not broadcast")
+        out.append(max(da, db))
+    return tuple(out)
+
+
+def _binary_operands(attrs, in_shapes):
+    """The two operand shapes: both inputs, or the input and the constant ``other``."""
+    other = tuple(attrs["other_shape"])
+    if len(in_shapes) == 2:
+        if other:
+            raise SchemaError("other_shape", "only a one-input node has a constant operand")
+        if attrs["reverse"]:
+            raise SchemaError("reverse", "only a one-input node has a constant to reverse with")
+        return tuple(in_shapes[0]), tuple(in_shapes[1])
+    if not other:
+        raise SchemaError("other_shape", "a one-input node needs the shape of its constant "
+                          "operand")
+    return tuple(in_shapes[0]), other
+
+
+def _binary_weights(attrs, in_shapes):
+    a, b = _binary_operands(attrs, in_shapes)
+    broadcast_shape(a, b, "other_shape" if len(in_shapes) == 1 else "inputs")
+    return {"other": b} if len(in_shapes) == 1 else {}
+
+
+def _binary_infer(attrs, in_shapes):
+    a, b = _binary_operands(attrs, in_shapes)
+    return [broadcast_shape(a, b, "other_shape" if len(in_shapes) == 1 else "inputs")]
+
+
+_BINARY_ATTRS = {
+    "other_shape": Attr("ints", None, 1, MAX_DIM, default=(), empty_ok=True,
+                        doc="shape of the constant operand `other` (one-input form only)"),
+    "reverse": Attr("int", min=0, max=1, default=0,
+                    doc="1: other OP x instead of x OP other (one-input form only)"),
+}
+
+
+def _binary(name, op_id, formula):
+    return OpSchema(name, op_id, Category.MULTI_INPUT, (1, 2), dict(_BINARY_ATTRS),
+                    _binary_weights, _binary_infer, _per_element,
+                    doc=f"{formula}, numpy broadcasting of equal ranks; b an input or the "
+                        f"constant weight 'other'")
+
+
 # --- activations and softmax ------------------------------------------------
 
 # --- windows: transposed conv, average pools --------------------------------
@@ -300,8 +348,7 @@ _SCHEMAS = [
     OpSchema("global_avg_pool", 6, Category.GLOBAL, (1, 1),
              {"keepdim": Attr("int", min=0, max=1, default=1)},
              _no_weights, _gap_infer, _gap_macs, doc="mean over H and W"),
-    OpSchema("add", 7, Category.MULTI_INPUT, (2, 2), {}, _no_weights, _add_infer,
-             _per_element, doc="a + b, equal shapes"),
+    _binary("add", 7, "a + b"),
     OpSchema("concat", 8, Category.MULTI_INPUT, (1, None),
              {"axis": Attr("int", min=1, max=1, default=1)},
              _no_weights, _concat_infer, doc="concatenation along channels"),
@@ -325,6 +372,9 @@ _SCHEMAS = [
     OpSchema("identity", 13, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
              doc="y = x (eval-mode dropout, clone)"),
     # broadcasting arithmetic (add, sub, mul, div)
+    _binary("sub", 14, "a - b"),
+    _binary("mul", 15, "a * b"),
+    _binary("div", 16, "a / b"),
 
     # activations and softmax
 
@@ -377,7 +427,7 @@ def check_attr_value(name, spec, value):
             raise SchemaError(name, f"expected a list of {elem.__name__}s, got {value!r}")
         if spec.length is not None and len(value) != spec.length:
             raise SchemaError(name, f"expected {spec.length} values, got {len(value)}")
-        if len(value) == 0:
+        if len(value) == 0 and not spec.empty_ok:
             raise SchemaError(name, "expected at least one value")
         if elem is float and any(math.isnan(v) for v in value):
             raise SchemaError(name, "NaN is not allowed")

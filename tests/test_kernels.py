@@ -107,11 +107,6 @@ def case_global_avg_pool(data):
     return {"keepdim": data.draw(st.integers(0, 1))}, [(1, c, *_spatial(data))], {}, False
 
 
-def case_add(data):
-    shape = _unary(data)[0]
-    return {}, [shape, shape], {}, True
-
-
 def case_concat(data):
     n = data.draw(st.integers(1, 4))
     hw = data.draw(st.sampled_from([(), _spatial(data)]))
@@ -156,6 +151,27 @@ def case_reshape(data):
 
 
 # --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
+
+def _broadcast_pair(data):
+    """Two same-rank shapes that broadcast: an image or a vector, and the same with
+    some axes (batch kept) shrunk to 1 (squeeze-excitation, attention maps, scalars)."""
+    c = data.draw(st.integers(1, 17))
+    full = data.draw(st.sampled_from([(1, c, *_spatial(data)), (1, c), (2, c, 3)]))
+    small = tuple(n if i == 0 or data.draw(st.booleans()) else 1 for i, n in enumerate(full))
+    return (full, small) if data.draw(st.booleans()) else (small, full)
+
+
+def _case_binary(data):
+    a, b = _broadcast_pair(data)
+    if data.draw(st.booleans()):
+        return {}, [a, b], {}, True
+    # one input and the constant operand, either way round
+    attrs = {"other_shape": b, "reverse": data.draw(st.integers(0, 1))}
+    return attrs, [a], {"other": _array(data, b, edge=True)}, True
+
+
+case_add = case_sub = case_mul = case_div = _case_binary
+
 
 # --- activations and softmax ------------------------------------------------
 
@@ -287,8 +303,6 @@ def _torch_op(op, attrs, weights, ts):
                             bool(attrs["ceil_mode"]))
     if op == "global_avg_pool":
         return x.mean((2, 3), keepdim=bool(attrs["keepdim"]))
-    if op == "add":
-        return ts[0] + ts[1]
     if op == "concat":
         return torch.cat(ts, 1)
     if op == "upsample_nearest":
@@ -301,6 +315,10 @@ def _torch_op(op, attrs, weights, ts):
     if op == "reshape":
         return x.reshape(attrs["shape"])
     # broadcasting arithmetic (add, sub, mul, div)
+    if op in ("add", "sub", "mul", "div"):
+        fn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}[op]
+        a, b = ts[0], ts[1] if len(ts) == 2 else t["other"].reshape(attrs["other_shape"])
+        return fn(b, a) if attrs["reverse"] else fn(a, b)
 
     # activations and softmax
 

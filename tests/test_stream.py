@@ -128,8 +128,24 @@ def make_max_pool2d(b, x):
     return b.add("max_pool2d", [x], a)
 
 
-def make_add(b, x):
-    return b.add("add", [x, b.draw(st.sampled_from(b.same_shape(x)))], {})
+def make_binary(b, x, op):
+    """a OP b with broadcasting: an equal-shape tensor, a (1, C, 1, 1) scale from a
+    global branch (squeeze-excitation), a (1, 1, H, W) map, or a constant."""
+    n, c, h, w = b.shapes[x]
+    kind = b.draw(st.sampled_from(["tensor", "se", "map", "const"]))
+    if kind == "tensor":
+        return b.add(op, [x, b.draw(st.sampled_from(b.same_shape(x)))], {})
+    if kind == "se":
+        g = b.add("global_avg_pool", [x], {"keepdim": 1})
+        return b.add(op, [x, g] if b.draw(st.booleans()) else [g, x], {})
+    if kind == "map":
+        m = b.add("conv2d", [x], {"out_channels": 1, "kernel": (1, 1), "stride": (1, 1),
+                                  "pads": (0, 0, 0, 0), "dilation": (1, 1)})
+        return b.add(op, [m, x] if b.draw(st.booleans()) else [x, m], {})
+    shape = tuple(s if b.draw(st.booleans()) else 1 for s in (n, c, h, w))
+    other = (b.rng.standard_normal(shape) + (2.0 if op == "div" else 0.0)).astype(np.float32)
+    return b.add(op, [x], {"other_shape": shape, "reverse": b.draw(st.integers(0, 1))},
+                 {"other": other})
 
 
 def make_concat(b, x):
@@ -160,11 +176,14 @@ MAKERS_WEIGHTED = {
     "clamp": (lambda b, x: b.add("clamp", [x], {"min": -0.3, "max": 0.4}), 1),
     "batch_norm": (lambda b, x: b.add("batch_norm", [x], {}), 1),
     "identity": (lambda b, x: b.add("identity", [x], {}), 1),
-    "add": (make_add, 1),
     "concat": (make_concat, 1),
     "upsample_nearest": (lambda b, x: make_resize(b, x, "upsample_nearest"), 1),
     "upsample_bilinear": (lambda b, x: make_resize(b, x, "upsample_bilinear"), 1),
     # broadcasting arithmetic (add, sub, mul, div)
+    "add": (lambda b, x: make_binary(b, x, "add"), 1),
+    "sub": (lambda b, x: make_binary(b, x, "sub"), 1),
+    "mul": (lambda b, x: make_binary(b, x, "mul"), 1),
+    "div": (lambda b, x: make_binary(b, x, "div"), 1),
     # activations and softmax
     # windows: transposed conv, average pools
     # rearranging and normalising: pad, pixel shuffle, slice, norms
