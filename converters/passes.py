@@ -6,6 +6,7 @@ tensor it removes has exactly one user (or only foldable users) and is not a gra
 output. Weight arithmetic is done in float64 and stored as float32.
 """
 
+import math
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -32,9 +33,10 @@ def _rewire(graph, old, new):
 
 
 def _sole_conv_input(graph, node, users, producers):
-    """The conv2d (with no fused activation yet) whose output only ``node`` reads."""
+    """The conv2d or conv_transpose2d (with no fused activation yet) whose output only
+    ``node`` reads."""
     conv = producers.get(node.inputs[0])
-    if conv is None or conv.op != "conv2d":
+    if conv is None or conv.op not in ("conv2d", "conv_transpose2d"):
         return None
     if conv.attrs.get("activation", "none") != "none":
         return None
@@ -72,15 +74,18 @@ def _extent_ok(pads, kernel, dilation):
 
 
 def fold_pads(graph):
-    """A zero 'pad' pseudo-node whose readers are all conv2d adds its (top, left,
-    bottom, right) to their pads: F.pad(x, (0, 1, 0, 1)) + conv gives asymmetric pads.
-    Pads that the format cannot hold (not smaller than the kernel extent) stay, and the
-    converter then reports the pad as unsupported."""
+    """A zero `pad` whose readers are all conv2d adds its (top, left, bottom, right) to
+    their pads: F.pad(x, (0, 1, 0, 1)) + conv gives asymmetric pads, for free. A pad
+    with another value or reader, returned by the graph, or too wide for a reader's
+    kernel extent stays a `pad` node."""
     users = _users(graph)
     n = 0
     for pad in [node for node in graph.nodes if node.op == "pad"]:
         out = pad.outputs[0]
         readers = users[out]
+        value = pad.attrs.get("value", 0.0)
+        if value != 0.0 or math.copysign(1.0, value) < 0:
+            continue      # a conv pads with +0.0
         if out in graph.outputs or not readers or any(r.op != "conv2d" for r in readers):
             continue
         new = {}
@@ -99,8 +104,9 @@ def fold_pads(graph):
 
 
 def fold_batch_norm(graph):
-    """conv2d -> batch_norm, the conv output read by the BN only: scale the conv's
-    output channels. Elsewhere the batch_norm stays as a per-channel affine node."""
+    """conv2d or conv_transpose2d -> batch_norm, the conv output read by the BN only:
+    scale the conv's output channels. Elsewhere the batch_norm stays as a per-channel
+    affine node."""
     users, producers = _users(graph), _producers(graph)
     n = 0
     for bn in [node for node in graph.nodes if node.op == "batch_norm"]:
@@ -109,7 +115,9 @@ def fold_batch_norm(graph):
             continue
         scale = bn.weights["scale"].astype(np.float64)
         shift = bn.weights["shift"].astype(np.float64)
-        w = conv.weights["weight"].astype(np.float64) * scale[:, None, None, None]
+        w = conv.weights["weight"].astype(np.float64)
+        w = (scale_transposed_weight(w, scale, conv.attrs.get("groups", 1))
+             if conv.op == "conv_transpose2d" else w * scale[:, None, None, None])
         b = conv.weights["bias"].astype(np.float64) * scale + shift
         conv.weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
         conv.outputs = list(bn.outputs)
@@ -120,8 +128,9 @@ def fold_batch_norm(graph):
 
 
 def fuse_activations(graph):
-    """conv2d -> relu / clamp, the conv output read by the activation only: the conv's
-    ``activation`` attribute (applied after the bias in the same kernel)."""
+    """conv2d or conv_transpose2d -> relu / clamp, the conv output read by the
+    activation only: the conv's ``activation`` attribute (applied after the bias in the
+    same kernel)."""
     users, producers = _users(graph), _producers(graph)
     n = 0
     for act in [node for node in graph.nodes if node.op in ("relu", "clamp")]:
@@ -144,7 +153,171 @@ def fuse_activations(graph):
 
 # --- activations and softmax ------------------------------------------------
 
+def _only_reader(graph, users, t, node):
+    """``node`` is the one reader of tensor ``t``, and ``t`` is not a graph output."""
+    return t not in graph.outputs and users[t] == [node]
+
+
+def _constant(node, op):
+    """The constant operand of a one-input arithmetic node ``op`` (x OP other, or with
+    ``reverse`` other OP x: the broadcasting arithmetic contract), or None."""
+    if node is None or node.op != op or len(node.inputs) != 1 or "other" not in node.weights:
+        return None
+    return node.weights["other"], int(node.attrs.get("reverse", 0))
+
+
+def _is_scalar(node, op, value, commutes=True):
+    """``node`` is x OP value (any rank of constant, every element equal to the float32
+    ``value``); for a non-commuting op the constant must be on the right."""
+    c = _constant(node, op)
+    if c is None or (c[1] and not commutes):
+        return False
+    return bool(np.all(c[0] == np.float32(value)))
+
+
+def _relu6_of_x_plus_3(graph, users, producers, t):
+    """If tensor ``t`` is min(max(x + 3, 0), 6) (hardtanh(0, 6), or relu and clamp(max=6)
+    in either order, of add(x, 3)), each step read only by the next: (x, the nodes)."""
+    last = producers.get(t)
+    if last is None:
+        return None
+    chain = [last]
+    if last.op == "clamp" and last.attrs.get("min") == 0.0 and last.attrs.get("max") == 6.0:
+        pass
+    elif last.op in ("clamp", "relu"):
+        first = producers.get(last.inputs[0])
+        want = "relu" if last.op == "clamp" else "clamp"
+        if first is None or first.op != want or not _only_reader(graph, users, first.outputs[0],
+                                                                 last):
+            return None
+        clamp = first if want == "clamp" else last
+        if not (clamp.attrs.get("min", -np.inf) == -np.inf and clamp.attrs.get("max") == 6.0):
+            return None
+        chain.insert(0, first)
+    else:
+        return None
+    add = producers.get(chain[0].inputs[0])
+    if not _is_scalar(add, "add", 3.0) or not _only_reader(graph, users, add.outputs[0], chain[0]):
+        return None
+    return add.inputs[0], [add] + chain
+
+
+def _by_six(node):
+    """``node`` is v / 6 or v * (1/6)."""
+    return _is_scalar(node, "div", 6.0, commutes=False) or _is_scalar(node, "mul", 1.0 / 6.0)
+
+
+def _product(node):
+    """The two inputs of a two-input mul, or None."""
+    if node is None or node.op != "mul" or len(node.inputs) != 2 or node.weights:
+        return None
+    return node.inputs
+
+
+def _replace(graph, node, op, x, attrs=None, weights=None, remove=()):
+    """``node`` becomes ``op`` of ``x`` (keeping its name and output); ``remove`` goes."""
+    node.op, node.inputs = op, [x]
+    node.attrs, node.weights = dict(attrs or {}), dict(weights or {})
+    for other in remove:
+        graph.nodes.remove(other)
+
+
+def fuse_hardswish(graph):
+    """hardsigmoid: relu6(x + 3) / 6 (F.hardsigmoid decomposed, F.relu6(x + 3) / 6, or
+    * (1/6)); hardswish: x * relu6(x + 3) / 6 (F.hardswish decomposed, the manual
+    spellings, either operand order) and x * hardsigmoid(x). Each intermediate read
+    only by the next step and not returned."""
+    n, seen = 0, -1
+    for node in list(graph.nodes):
+        if node not in graph.nodes:       # removed by an earlier rewrite
+            continue
+        if seen != n:                     # first, or after a rewrite
+            users, producers, seen = _users(graph), _producers(graph), n
+        if _by_six(node):
+            src = node.inputs[0]
+            found = _relu6_of_x_plus_3(graph, users, producers, src)
+            if found is not None and _only_reader(graph, users, src, node):
+                _replace(graph, node, "hardsigmoid", found[0], remove=found[1])
+                n += 1
+                continue
+            prod = producers.get(src)
+            pair = _product(prod)
+            if pair is None or not _only_reader(graph, users, src, node):
+                continue
+            for x, r in (pair, pair[::-1]):
+                found = _relu6_of_x_plus_3(graph, users, producers, r)
+                if found is not None and found[0] == x and _only_reader(graph, users, r, prod):
+                    _replace(graph, node, "hardswish", x, remove=found[1] + [prod])
+                    n += 1
+                    break
+        elif _product(node) is not None:
+            for x, h in (node.inputs, node.inputs[::-1]):
+                hs = producers.get(h)
+                if (hs is not None and hs.op == "hardsigmoid" and hs.inputs[0] == x
+                        and _only_reader(graph, users, h, node)):
+                    _replace(graph, node, "hardswish", x, remove=[hs])
+                    n += 1
+                    break
+    return n
+
+
+def fuse_silu(graph):
+    """x * sigmoid(x), either operand order (F.silu and nn.SiLU decompose to it), the
+    sigmoid read only by that mul and not returned: one silu."""
+    users, producers = _users(graph), _producers(graph)
+    n = 0
+    for node in list(graph.nodes):
+        pair = _product(node)
+        if pair is None:
+            continue
+        for x, s in (pair, pair[::-1]):
+            sig = producers.get(s)
+            if (sig is not None and sig.op == "sigmoid" and sig.inputs[0] == x
+                    and _only_reader(graph, users, s, node)):
+                _replace(graph, node, "silu", x, remove=[sig])
+                n += 1
+                break
+    return n
+
+
+def fuse_prelu(graph):
+    """where(x > 0, x, x * w) (nn.PReLU decomposed, torch.where spelled by hand), the
+    comparison and the product read only by the where: prelu with the slopes w along
+    the channels, or leaky_relu when w is one number."""
+    users, producers = _users(graph), _producers(graph)
+    n = 0
+    for node in [nd for nd in graph.nodes if nd.op == "where"]:
+        cond, x, neg = node.inputs
+        gt, mul = producers.get(cond), producers.get(neg)
+        if (gt is None or gt.op != "gt" or gt.inputs[0] != x or gt.attrs.get("other") != 0.0
+                or not _only_reader(graph, users, cond, node)):
+            continue
+        c = _constant(mul, "mul")
+        if c is None or mul.inputs[0] != x or not _only_reader(graph, users, neg, node):
+            continue
+        w = np.asarray(c[0], np.float32)
+        if w.ndim < 2 or any(d != 1 for i, d in enumerate(w.shape) if i != 1):
+            continue      # not one slope per channel: where stays, and is reported
+        slope = w.reshape(-1)
+        if slope.size == 1:
+            _replace(graph, node, "leaky_relu", x, {"negative_slope": float(slope[0])},
+                     remove=[gt, mul])
+        else:
+            _replace(graph, node, "prelu", x, {"num_parameters": int(slope.size)},
+                     {"slope": slope}, remove=[gt, mul])
+        n += 1
+    return n
+
+
 # --- windows: transposed conv, average pools --------------------------------
+
+def scale_transposed_weight(w, scale, groups):
+    """A conv_transpose2d weight (Cin, Cout/g, KH, KW) with output channel
+    g * Cout/g + j scaled by scale[g * Cout/g + j] (batch-norm folding)."""
+    cin, og, kh, kw = w.shape
+    s = scale.reshape(groups, 1, og, 1, 1)
+    return (w.reshape(groups, cin // groups, og, kh, kw) * s).reshape(w.shape)
+
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
@@ -169,6 +342,9 @@ def drop_dead(graph):
 PASSES = (
     drop_identities,
     # activations and softmax
+    fuse_prelu,
+    fuse_hardswish,
+    fuse_silu,
     # rearranging and normalising: pad, pixel shuffle, slice, norms
     fold_pads,
     fold_batch_norm,
@@ -183,17 +359,19 @@ def run_passes(graph):
 
 
 # Pseudo-ops: what a rule may emit that is not a format op, for a pass to fold into a
-# real one (a zero pad into the following convolutions); the message says why one that
-# is left over cannot be converted.
+# real one; the message says why one that is left over cannot be converted.
 PSEUDO_OPS = {
-    "pad": ("zero padding is supported only where it folds into the padding of the "
-            "convolutions that read it (every reader a conv2d, and the pad smaller than "
-            "their kernel extent); a standalone constant pad op is not in format version 1"),
     # activations and softmax
+    "gt": ("a comparison is supported only inside where(x > 0, x, x * w), PReLU's "
+           "decomposition, which converts to prelu or leaky_relu; framedelta has no "
+           "boolean tensors"),
+    "where": ("where(cond, a, b) is supported only as where(x > 0, x, x * w) with w one "
+              "slope or one slope per channel (nn.PReLU, a hand-written leaky ReLU), each "
+              "intermediate read by the where alone"),
     # rearranging and normalising: pad, pixel shuffle, slice, norms
 }
 
 
 def leftover_pseudo_nodes(graph):
-    """Nodes whose op is not a format op (a 'pad' no pass could fold)."""
+    """Nodes whose op is not a format op (a pseudo-op no pass could fold)."""
     return [node for node in graph.nodes if node.op not in OPS]

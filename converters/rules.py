@@ -90,13 +90,13 @@ def _fits_window(pads, kernel, dilation):
 
 # --- convolution and batch norm ------------------------------------------------------
 
-@rule("aten.convolution.default", produces=("conv2d",))
+@rule("aten.convolution.default", produces=("conv2d", "conv_transpose2d"))
 def convolution(ctx, a):
-    """nn.Conv2d and F.conv2d (groups, depthwise, dilation); bias None becomes zeros."""
-    x = ctx.data(a["input"], "input")
+    """nn.Conv2d and F.conv2d (groups, depthwise, dilation); bias None becomes zeros.
+    transposed=True: conv_transposed (below)."""
     if a["transposed"]:
-        raise ctx.unsupported("argument 'transposed' is True: transposed convolution "
-                              "(ConvTranspose2d) is not supported yet")
+        return conv_transposed(ctx, a)
+    x = ctx.data(a["input"], "input")
     if len(ctx.shape(x)) != 4:
         raise ctx.unsupported(f"argument 'input': only 2-D convolution is supported, the "
                               f"input has shape {ctx.shape(x)}")
@@ -199,13 +199,15 @@ def mean_dim(ctx, a):
 
 @rule("aten.cat.default", produces=("concat",))
 def cat(ctx, a):
-    """torch.cat along channels (U-Net skips, DenseNet)."""
+    """torch.cat along channels (U-Net skips, DenseNet), along H or W, or along any axis
+    but the batch of other tensors (detection heads: the last axis of (1, A, K))."""
     xs = [ctx.data(t, f"tensors[{i}]") for i, t in enumerate(a["tensors"])]
     rank = len(ctx.shape(xs[0]))
-    if _axis(int(a["dim"]), rank) != 1:
-        raise ctx.unsupported(f"argument 'dim'={a['dim']}: only concatenation along the "
-                              f"channels (dim 1) is supported")
-    return ctx.emit("concat", xs, {"axis": 1})
+    axis = _axis(int(a["dim"]), rank)
+    if axis == 0:
+        raise ctx.unsupported(f"argument 'dim'={a['dim']}: concatenation along the batch "
+                              f"(dim 0) is not supported, the batch stays 1")
+    return ctx.emit("concat", xs, {"axis": axis})
 
 
 # --- resizing ------------------------------------------------------------------------
@@ -324,26 +326,37 @@ def assert_tensor_metadata(ctx, a):
     return None
 
 
-@rule("aten.constant_pad_nd.default")
+@rule("aten.constant_pad_nd.default", produces=("pad", "slice"))
 def constant_pad_nd(ctx, a):
-    """F.pad with zeros, and Conv2d(padding='same') with an even kernel: a pseudo-node
-    'pad' that passes.fold_pads folds into the following convolutions' pads (giving
-    asymmetric padding). A pad that cannot be folded is an error until the format has a
-    constant-pad op."""
+    """F.pad(mode='constant') of H and W with any value, and Conv2d(padding='same') with
+    an even kernel. passes.fold_pads folds a zero pad into the convolutions that read
+    it (asymmetric conv padding); any other pad is a `pad` node. Negative pads crop:
+    a `slice` per cropped axis first."""
     x = ctx.data(a["self"], "self")
-    pad, rank = [int(p) for p in a["pad"]], len(ctx.shape(x))
-    if float(a["value"]) != 0.0:
-        raise ctx.unsupported(f"argument 'value'={a['value']}: only zero padding is "
-                              f"supported (folded into a following convolution)")
-    if rank != 4 or len(pad) % 2 or any(pad[4:]):
+    pad, shape = [int(p) for p in a["pad"]], ctx.shape(x)
+    value = float(a["value"])
+    if math.isnan(value):
+        raise ctx.unsupported(f"argument 'value'={a['value']}: NaN padding is not supported")
+    if len(shape) != 4 or len(pad) % 2 or len(pad) > 8 or any(pad[4:]):
         raise ctx.unsupported(f"argument 'pad' {pad}: only padding of H and W of an "
-                              f"(N, C, H, W) tensor is supported")
-    pad = (pad + [0, 0, 0, 0])[:4]
-    if min(pad) < 0:
-        raise ctx.unsupported(f"argument 'pad' {pad}: negative padding (cropping) is not "
-                              f"supported")
-    left, right, top, bottom = pad
-    return ctx.emit("pad", [x], {"pads": (top, left, bottom, right)})
+                              f"(N, C, H, W) tensor is supported (not of the channel or "
+                              f"batch axis; input shape {shape})")
+    left, right, top, bottom = (pad + [0, 0, 0, 0])[:4]
+    for axis, before, after in ((2, top, bottom), (3, left, right)):
+        size = ctx.shape(x)[axis]
+        start, end = max(0, -before), size + min(0, after)
+        if start >= end:
+            raise ctx.unsupported(f"argument 'pad' {pad}: the negative padding crops "
+                                  f"axis {axis} (size {size}) to nothing")
+        if (start, end) != (0, size):
+            crop = list(ctx.shape(x))
+            crop[axis] = end - start
+            x = ctx.emit("slice", [x], {"axis": axis, "start": start, "end": end},
+                         shape=tuple(crop)).name
+    pads = (max(0, top), max(0, left), max(0, bottom), max(0, right))
+    if not any(pads):
+        return Data(x)
+    return ctx.emit("pad", [x], {"pads": pads, "value": value})
 
 
 @rule("operator.getitem")
@@ -461,8 +474,399 @@ def neg(ctx, a):
 
 # --- activations and softmax ------------------------------------------------
 
+def _unary(ctx, a, op, attrs=None):
+    return ctx.emit(op, [ctx.data(a["self"], "self")], attrs or {})
+
+
+@rule("aten.leaky_relu.default", produces=("leaky_relu",))
+def leaky_relu(ctx, a):
+    """nn.LeakyReLU / F.leaky_relu, inplace or not."""
+    slope = float(a["negative_slope"])
+    if not math.isfinite(slope):
+        raise ctx.unsupported(f"argument 'negative_slope'={slope}: it must be finite")
+    return _unary(ctx, a, "leaky_relu", {"negative_slope": slope})
+
+
+@rule("aten.sigmoid.default", produces=("sigmoid",))
+def sigmoid(ctx, a):
+    """torch.sigmoid / nn.Sigmoid; passes.fuse_silu makes x * sigmoid(x) a silu."""
+    return _unary(ctx, a, "sigmoid")
+
+
+@rule("aten.tanh.default", produces=("tanh",))
+def tanh(ctx, a):
+    """torch.tanh / nn.Tanh."""
+    return _unary(ctx, a, "tanh")
+
+
+@rule("aten.silu.default", produces=("silu",))
+def silu(ctx, a):
+    """silu as one op, in a program not decomposed (run_decompositions() spells F.silu
+    as sigmoid and mul, which passes.fuse_silu puts back together)."""
+    return _unary(ctx, a, "silu")
+
+
+@rule("aten.hardswish.default", produces=("hardswish",))
+def hardswish(ctx, a):
+    """hardswish as one op, in a program not decomposed (run_decompositions() spells it
+    add, clamp, mul, div: passes.fuse_hardswish)."""
+    return _unary(ctx, a, "hardswish")
+
+
+@rule("aten.hardsigmoid.default", produces=("hardsigmoid",))
+def hardsigmoid(ctx, a):
+    """hardsigmoid as one op, in a program not decomposed (see passes.fuse_hardswish)."""
+    return _unary(ctx, a, "hardsigmoid")
+
+
+@rule("aten.gelu.default", produces=("gelu",))
+def gelu(ctx, a):
+    """nn.GELU / F.gelu, approximate 'none' (erf) or 'tanh'."""
+    if a["approximate"] not in ("none", "tanh"):
+        raise ctx.unsupported(f"argument 'approximate'={a['approximate']!r}: only 'none' "
+                              f"and 'tanh' exist")
+    return _unary(ctx, a, "gelu", {"approximate": a["approximate"]})
+
+
+def _softmax(ctx, x, dim, op):
+    rank = len(ctx.shape(x))
+    axis = _axis(int(dim), rank)
+    if not 0 <= axis < rank:
+        raise ctx.unsupported(f"argument 'dim'={dim} is out of range for shape {ctx.shape(x)}")
+    return ctx.emit(op, [x], {"axis": axis})
+
+
+@rule("aten._softmax.default", produces=("softmax",))
+def softmax_(ctx, a):
+    """F.softmax / nn.Softmax / torch.softmax along any dim: over the channels of an
+    image it is per position, along any other axis a global op (detection heads)."""
+    if a["half_to_float"]:
+        raise ctx.unsupported("argument 'half_to_float' is True: only float32 softmax is "
+                              "supported")
+    return _softmax(ctx, ctx.data(a["self"], "self"), a["dim"], "softmax")
+
+
+@rule("aten._log_softmax.default", produces=("log_softmax",))
+def log_softmax_(ctx, a):
+    """F.log_softmax / nn.LogSoftmax along any dim."""
+    if a["half_to_float"]:
+        raise ctx.unsupported("argument 'half_to_float' is True: only float32 log_softmax "
+                              "is supported")
+    return _softmax(ctx, ctx.data(a["self"], "self"), a["dim"], "log_softmax")
+
+
+@rule("aten.softmax.int", "aten.log_softmax.int", produces=("softmax", "log_softmax"))
+def softmax_int(ctx, a):
+    """softmax / log_softmax in a program not decomposed; dtype float32 or None."""
+    if a["dtype"] is not None and str(a["dtype"]) != "torch.float32":
+        raise ctx.unsupported(f"argument 'dtype'={a['dtype']}: only float32 is supported")
+    op = "log_softmax" if ctx.op.startswith("aten.log_softmax") else "softmax"
+    return _softmax(ctx, ctx.data(a["self"], "self"), a["dim"], op)
+
+
+def _pow(ctx, x, exponent):
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
+        raise ctx.unsupported(f"argument 'exponent' is {exponent!r}: only a number is "
+                              f"supported")
+    e = float(exponent)
+    if not math.isfinite(e) or abs(e) > 3.4028234663852886e38:
+        raise ctx.unsupported(f"argument 'exponent'={exponent}: it must be a finite float32")
+    return ctx.emit("pow", [x], {"exponent": e})
+
+
+@rule("aten.pow.Tensor_Scalar", produces=("pow",))
+def pow_tensor_scalar(ctx, a):
+    """x ** c with a number c (YOLO heads: (x * 2) ** 2); torch.square."""
+    return _pow(ctx, ctx.data(a["self"], "self"), a["exponent"])
+
+
+@rule("aten.sqrt.default", "aten.rsqrt.default", produces=("pow",))
+def sqrt(ctx, a):
+    """torch.sqrt and torch.rsqrt: pow with exponent 0.5 and -0.5, which computes them
+    with torch's own sqrt (sqrt(-0) is -0, rsqrt(-inf) NaN)."""
+    return _pow(ctx, ctx.data(a["self"], "self"), -0.5 if "rsqrt" in ctx.op else 0.5)
+
+
+def _channel_slope(w, rank):
+    """A PReLU weight as (C,) or (1,) slopes along axis 1, or None."""
+    w = np.asarray(w)
+    if w.ndim == 1:
+        return w
+    if w.ndim == rank and all(d == 1 for i, d in enumerate(w.shape) if i != 1):
+        return w.reshape(-1)
+    return None
+
+
+def _prelu_node(ctx, x, slope):
+    """prelu with per-channel slopes; one shared slope is a leaky_relu (the same
+    float32 arithmetic: x > 0 ? x : x * slope)."""
+    if slope.size == 1:
+        return ctx.emit("leaky_relu", [x], {"negative_slope": float(np.float32(slope[0]))})
+    return ctx.emit("prelu", [x], {"num_parameters": int(slope.size)}, {"slope": slope})
+
+
+@rule("aten.prelu.default", produces=("prelu", "leaky_relu"))
+def prelu(ctx, a):
+    """nn.PReLU in a program not decomposed (run_decompositions() spells it
+    where(x > 0, x, weight * x): passes.fuse_prelu)."""
+    x = ctx.data(a["self"], "self")
+    w = ctx.const(a["weight"], "weight")
+    shape = ctx.shape(x)
+    slope = _channel_slope(w, len(shape))
+    if len(shape) < 2 or slope is None or slope.size not in (1, shape[1]):
+        raise ctx.unsupported(f"argument 'weight' of shape {w.shape}: expected 1 or "
+                              f"{shape[1] if len(shape) > 1 else '?'} slopes for input of "
+                              f"shape {shape}")
+    return _prelu_node(ctx, x, slope)
+
+
+@rule("aten.gt.Scalar")
+def gt_scalar(ctx, a):
+    """x > c: a pseudo-node 'gt' for passes.fuse_prelu (where(x > 0, x, x * w) is
+    PReLU's decomposition); framedelta has no boolean tensors otherwise."""
+    other = a["other"]
+    if isinstance(other, bool) or not isinstance(other, (int, float)):
+        raise ctx.unsupported(f"argument 'other' is {other!r}: only x > 0 inside PReLU's "
+                              f"where(x > 0, x, x * w) is supported")
+    return ctx.emit("gt", [ctx.data(a["self"], "self")], {"other": float(other)})
+
+
+@rule("aten.where.self")
+def where_self(ctx, a):
+    """where(cond, a, b): a pseudo-node 'where' for passes.fuse_prelu."""
+    what = "only PReLU's where(x > 0, x, x * w) is supported"
+    if not all(isinstance(a[k], Data) for k in ("condition", "self", "other")):
+        k = next(k for k in ("condition", "self", "other") if not isinstance(a[k], Data))
+        raise ctx.unsupported(f"argument {k!r} is a constant: {what}")
+    return ctx.emit("where", [a["condition"].name, a["self"].name, a["other"].name])
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
+def _window_input(ctx, a, arg, what):
+    x = ctx.data(a[arg], arg)
+    if len(ctx.shape(x)) != 4:
+        raise ctx.unsupported(f"argument {arg!r}: {what} needs an (N, C, H, W) input, got "
+                              f"shape {ctx.shape(x)}")
+    return x
+
+
+def conv_transposed(ctx, a):
+    """nn.ConvTranspose2d and F.conv_transpose2d (aten.convolution with transposed=True):
+    stride, padding, output_padding, groups, dilation; bias None becomes zeros."""
+    from framedelta.formats.ops import MAX_DIM, conv_transpose_out
+    x = _window_input(ctx, a, "input", "transposed convolution (2-D only)")
+    w = ctx.const(a["weight"], "weight")
+    g = int(a["groups"])
+    cout = int(w.shape[1]) * g
+    bias = np.zeros(cout, np.float32) if a["bias"] is None else ctx.const(a["bias"], "bias")
+    ph, pw = pair(a["padding"], "padding")
+    (sh, sw), (dh, dw) = pair(a["stride"], "stride"), pair(a["dilation"], "dilation")
+    oph, opw = pair(a["output_padding"], "output_padding")
+    if min(ph, pw, oph, opw) < 0 or max(ph, pw) > MAX_DIM:
+        raise ctx.unsupported(f"arguments 'padding' {[ph, pw]}, 'output_padding' "
+                              f"{[oph, opw]}: must be between 0 and {MAX_DIM}")
+    if not (oph < max(sh, dh) and opw < max(sw, dw)):
+        raise ctx.unsupported(f"argument 'output_padding' {[oph, opw]} must be smaller than "
+                              f"the stride or the dilation")
+    h, wd = ctx.shape(x)[2:]
+    if (conv_transpose_out(h, int(w.shape[2]), sh, ph, ph, dh, oph) < 1
+            or conv_transpose_out(wd, int(w.shape[3]), sw, pw, pw, dw, opw) < 1):
+        raise ctx.unsupported(f"argument 'padding' {[ph, pw]} crops the whole output")
+    attrs = {"out_channels": cout, "kernel": (int(w.shape[2]), int(w.shape[3])),
+             "stride": (sh, sw), "pads": (ph, pw, ph, pw), "output_padding": (oph, opw),
+             "dilation": (dh, dw), "groups": g}
+    return ctx.emit("conv_transpose2d", [x], attrs, {"weight": w, "bias": bias.reshape(-1)})
+
+
+@rule("aten.avg_pool2d.default", produces=("avg_pool2d",))
+def avg_pool2d(ctx, a):
+    """nn.AvgPool2d / F.avg_pool2d: padding, ceil_mode, count_include_pad,
+    divisor_override; an empty stride means stride = kernel."""
+    from framedelta.formats.ops import MAX_NUMEL
+    x = _window_input(ctx, a, "self", "average pooling")
+    kernel = pair(a["kernel_size"], "kernel_size")
+    stride = pair(a["stride"], "stride") if len(a["stride"]) else kernel
+    ph, pw = pair(a["padding"], "padding")
+    if ph > kernel[0] // 2 or pw > kernel[1] // 2 or min(ph, pw) < 0:
+        raise ctx.unsupported(f"argument 'padding' {[ph, pw]} must be between 0 and half "
+                              f"the kernel {list(kernel)}")
+    div = a["divisor_override"]
+    div = 0 if div is None else int(div)
+    if abs(div) > MAX_NUMEL:
+        raise ctx.unsupported(f"argument 'divisor_override'={div} is out of range")
+    return ctx.emit("avg_pool2d", [x], {
+        "kernel": kernel, "stride": stride, "pads": (ph, pw, ph, pw),
+        "ceil_mode": int(bool(a["ceil_mode"])),
+        "count_include_pad": int(bool(a["count_include_pad"])), "divisor": div})
+
+
+@rule("aten._adaptive_avg_pool2d.default", produces=("adaptive_avg_pool2d",))
+def adaptive_avg_pool2d(ctx, a):
+    """nn.AdaptiveAvgPool2d / F.adaptive_avg_pool2d to any size but 1 x 1 (export lowers
+    that to aten.mean.dim: global_avg_pool); None sizes arrive resolved."""
+    x = _window_input(ctx, a, "self", "adaptive average pooling")
+    return ctx.emit("adaptive_avg_pool2d", [x],
+                    {"size": pair(a["output_size"], "output_size")})
+
+
+@rule("aten.adaptive_max_pool2d.default", produces=("adaptive_max_pool2d",))
+def adaptive_max_pool2d(ctx, a):
+    """nn.AdaptiveMaxPool2d / F.adaptive_max_pool2d (any size, 1 x 1 too); the indices
+    (return_indices=True) are not computed."""
+    x = _window_input(ctx, a, "self", "adaptive max pooling")
+    y = ctx.emit("adaptive_max_pool2d", [x], {"size": pair(a["output_size"], "output_size")})
+    return y, Unused("aten.adaptive_max_pool2d.default", "the indices (return_indices=True)")
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+def _slice_range(size, start, end, step):
+    """torch's bounds of x[start:end:step] on an axis of ``size``: None means the ends,
+    negative values count from the end, then both are clamped into [0, size]."""
+    def norm(v, default):
+        if v is None:
+            return default
+        v = int(v)
+        return min(max(v + size if v < 0 else v, 0), size)
+    return norm(start, 0), norm(end, size), int(step)
+
+
+def _emit_slice(ctx, x, axis, start, end, step=1):
+    """A `slice` node of tensor ``x`` (identity when it keeps the whole axis), as Data."""
+    in_shape = ctx.shape(x)
+    size = in_shape[axis]
+    if start >= end:
+        raise ctx.unsupported(f"the slice [{start}:{end}] of axis {axis} (size {size}) is "
+                              f"empty: empty tensors are not supported")
+    if axis == 0:
+        raise ctx.unsupported(f"slicing the batch (dim 0) [{start}:{end}:{step}] is not "
+                              f"supported, the batch stays 1")
+    out = list(in_shape)
+    out[axis] = len(range(start, end, step))
+    if start == 0 and out[axis] == size:
+        return ctx.emit("identity", [x], shape=in_shape)
+    return ctx.emit("slice", [x], {"axis": axis, "start": start, "end": end, "step": step},
+                    shape=tuple(out))
+
+
+@rule("aten.slice.Tensor", produces=("slice", "identity"))
+def slice_tensor(ctx, a):
+    """x[:, 2:5], x[..., ::2], x[:, -3:], x.narrow(1, 1, 3), torch.tensor_split: one
+    `slice` per sliced axis (a whole-axis slice is an identity, which a pass removes)."""
+    if isinstance(a["self"], np.ndarray):
+        index = [slice(None)] * a["self"].ndim
+        index[int(a["dim"])] = slice(a["start"], a["end"], a["step"])
+        return a["self"][tuple(index)]
+    x = ctx.data(a["self"], "self")
+    shape = ctx.shape(x)
+    axis = _axis(int(a["dim"]), len(shape))
+    start, end, step = _slice_range(shape[axis], a["start"], a["end"], a["step"])
+    if step < 1:
+        raise ctx.unsupported(f"argument 'step'={step}: the step must be positive")
+    return _emit_slice(ctx, x, axis, start, end, step)
+
+
+def _split(ctx, a, sizes, what):
+    x = ctx.data(a["self"], "self")
+    shape = ctx.shape(x)
+    axis = _axis(int(a["dim"]), len(shape))
+    if sum(sizes) != shape[axis] or min(sizes) < 0:
+        raise ctx.unsupported(f"argument {what} {sizes} does not split axis {axis} of "
+                              f"size {shape[axis]}")
+    parts, start = [], 0
+    for size in sizes:
+        if size == 0:
+            parts.append(Unused(ctx.op, "an empty piece of the split"))
+        else:
+            parts.append(_emit_slice(ctx, x, axis, start, start + size))
+        start += size
+    return tuple(parts)
+
+
+@rule("aten.split_with_sizes.default", produces=("slice", "identity"))
+def split_with_sizes(ctx, a):
+    """torch.split(x, [3, 5], 1), torch.split(x, 4, 1), torch.chunk(x, 2, 1) (all export
+    as split_with_sizes + getitem): one `slice` per piece; unused pieces are dropped."""
+    return _split(ctx, a, [int(s) for s in a["split_sizes"]], "'split_sizes'")
+
+
+@rule("aten.split.Tensor", produces=("slice", "identity"))
+def split_tensor(ctx, a):
+    """torch.split(x, n, dim) where the export keeps it: pieces of n, the last smaller."""
+    x = ctx.data(a["self"], "self")
+    n, size = int(a["split_size"]), ctx.shape(x)[_axis(int(a["dim"]), len(ctx.shape(x)))]
+    if n < 1:
+        raise ctx.unsupported(f"argument 'split_size'={n} must be positive")
+    return _split(ctx, a, [min(n, size - i) for i in range(0, size, n)] or [0],
+                  "'split_size'")
+
+
+@rule("aten.select.int", produces=("slice", "reshape"))
+def select_int(ctx, a):
+    """x[:, 0], x[:, :, 2]: a one-wide `slice`, then a `reshape` that drops the axis."""
+    if isinstance(a["self"], np.ndarray):
+        return np.take(a["self"], int(a["index"]), axis=int(a["dim"]))
+    x = ctx.data(a["self"], "self")
+    shape = ctx.shape(x)
+    axis = _axis(int(a["dim"]), len(shape))
+    index = int(a["index"])
+    if not -shape[axis] <= index < shape[axis]:
+        raise ctx.unsupported(f"argument 'index'={index} is out of range for axis {axis} "
+                              f"of size {shape[axis]}")
+    index += shape[axis] if index < 0 else 0
+    if axis == 0:
+        raise ctx.unsupported("selecting from the batch (dim 0) is not supported: the "
+                              "batch stays 1")
+    one = _emit_slice(ctx, x, axis, index, index + 1)
+    out = ctx.out_shape
+    return ctx.emit("reshape", [one.name], {"shape": out}, shape=out)
+
+
+@rule("aten.native_group_norm.default", produces=("group_norm", "reshape"))
+def native_group_norm(ctx, a):
+    """nn.GroupNorm / F.group_norm, affine or not (weight ones, bias zeros). Other ranks
+    than 4 (GroupNorm on (N, C, L)) go through a reshape to (1, C, L, 1) and back."""
+    x = ctx.data(a["input"], "input")
+    shape = ctx.shape(x)
+    c, g = shape[1], int(a["group"])
+    if shape[0] != 1 or len(shape) < 2:
+        raise ctx.unsupported(f"argument 'input': group norm needs a (1, C, ...) input, got "
+                              f"shape {shape}")
+    if g < 1 or c % g:
+        raise ctx.unsupported(f"argument 'group'={g} does not divide the {c} channels")
+    weight = np.ones(c) if a["weight"] is None else ctx.const(a["weight"], "weight")
+    bias = np.zeros(c) if a["bias"] is None else ctx.const(a["bias"], "bias")
+    if weight.size != c or bias.size != c:
+        raise ctx.unsupported(f"arguments 'weight' {weight.shape} and 'bias' {bias.shape} "
+                              f"must have one value per channel ({c})")
+    eps = float(a["eps"])
+    if not eps >= 0:
+        raise ctx.unsupported(f"argument 'eps'={eps} must be a number >= 0")
+    y = x
+    if len(shape) != 4:
+        flat = (1, c, math.prod(shape[2:]), 1)
+        y = ctx.emit("reshape", [x], {"shape": flat}, shape=flat).name
+    y = ctx.emit("group_norm", [y], {"num_groups": g, "eps": eps},
+                 {"weight": weight.reshape(-1), "bias": bias.reshape(-1)},
+                 shape=ctx.shape(y)).name
+    if len(shape) != 4:
+        y = ctx.emit("reshape", [y], {"shape": shape}, shape=shape).name
+    op = "aten.native_group_norm.default"
+    return Data(y), Unused(op, "the saved mean"), Unused(op, "the saved inverse std")
+
+
+# Ops with no rule that the model reaches through a spelling the user would not
+# recognise: the error names the op with the hint and says what the model did.
+NO_RULE_HINTS = {
+    "aten.index.Tensor": (
+        "advanced indexing with an index tensor; F.pad(mode='reflect' "
+        "or 'replicate') and Conv2d(padding_mode='reflect' or 'replicate') decompose into "
+        "it, with indices built by aten.arange: use constant (zero) padding instead"),
+    "aten.slice_scatter.default": (
+        "writing into a slice of a tensor; F.pad(mode='circular') and "
+        "Conv2d(padding_mode='circular') decompose into it: use constant (zero) padding "
+        "instead"),
+}
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------

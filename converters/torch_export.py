@@ -23,7 +23,7 @@ from framedelta.errors import ConversionError, ModelFormatError, UnsupportedOper
 from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
 
 from . import passes
-from .rules import RULES, Data
+from .rules import NO_RULE_HINTS, RULES, Data
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
@@ -284,11 +284,17 @@ def _no_rule_error(ep):
             missing.setdefault(target_name(fx.target), fx)
     if not missing:
         return None
+    # name first an op that says what the model did (F.pad(mode='reflect') -> index)
+    hinted = [op for op in missing if op in NO_RULE_HINTS]
+    if hinted:
+        missing = {hinted[0]: missing.pop(hinted[0]), **missing}
     (op, fx), *others = missing.items()
     detail = "framedelta has no converter rule for it"
     if others:
         names = ", ".join(o for o, _ in others)
         detail += f" (nor for {names}, which the model also uses)"
+    if op in NO_RULE_HINTS:
+        detail += ": " + NO_RULE_HINTS[op]
     return UnsupportedOperatorError(op, describe(fx), detail)
 
 

@@ -55,7 +55,7 @@ class Model:
             in_shapes = [self.shapes[t] for t in node.inputs]
             out_shape = self.shapes[node.outputs[0]]
             prepare = REGISTRY[node.op].prepare
-            kw = {"m_tile": m_tile} if node.op == "conv2d" else {}
+            kw = {"m_tile": m_tile} if node.op in ("conv2d", "conv_transpose2d") else {}
             run = prepare(node, attrs, in_shapes, out_shape, **kw)
             self._steps.append((node, run, np.empty(internal_shape(out_shape), np.float32)))
 

@@ -193,14 +193,25 @@ def prepare_global_avg_pool(node, attrs, in_shapes, out_shape):
 
 
 def prepare_concat(node, attrs, in_shapes, out_shape):
-    if len(out_shape) == 4 or len(out_shape) == 2:
+    axis = attrs["axis"]
+    if len(out_shape) in (2, 4) and out_shape[0] == 1 and axis == 1:
         # channels are the last engine axis for images and the only one for vectors
         def run(inputs, out, n_threads, pix=None):
             K.concat_channels([positions(a) for a in inputs], positions(out), n_threads, pix)
         return run
+    if len(out_shape) == 4 and out_shape[0] == 1:
+        # H or W of an image (engine axes 0, 1): a gather from per-row/column tables
+        axis -= 2
+        sizes = [s[2 + axis] for s in in_shapes]
+        src = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+        loc = np.concatenate([np.arange(n) for n in sizes]).astype(np.int32)
+
+        def run_spatial(inputs, out, n_threads, pix=None):
+            _rearrange.concat_spatial(list(inputs), src, loc, axis, out, n_threads, pix)
+        return run_spatial
 
     def run_other(inputs, out, n_threads, pix=None):
-        out[...] = np.concatenate(inputs, axis=attrs["axis"])
+        np.concatenate(inputs, axis=axis, out=out)
     return run_other
 
 
@@ -323,8 +334,278 @@ prepare_add = prepare_sub = prepare_mul = prepare_div = _prepare_binary
 
 # --- activations and softmax ------------------------------------------------
 
+# imported here, not at the top, so that each op family's code stays in its section
+from . import _activations as A  # noqa: E402
+from .layout import internal_shape  # noqa: E402
+
+UNARY = A.unary_codes()
+
+# torch's pow(Tensor, Scalar) fast paths: part of the result, not only of the speed
+# (sqrt(-inf) is NaN where pow(-inf, 0.5) is inf; x ** 2 is exactly x * x).
+POW_SPECIAL = {2.0: "square", 3.0: "cube", -2.0: "inv_square", 0.5: "sqrt", -0.5: "rsqrt",
+               -1.0: "reciprocal"}
+
+
+def axis_view(shape, axis):
+    """(O, N, I): the engine-layout array of a tensor of torch ``shape`` reshaped so that
+    torch axis ``axis`` is the middle one. An image's channel axis gives (H*W, C, 1), a
+    vector's (1, F, 1); the batch axis of an image or vector (size 1, absent from the
+    engine layout) gives (1, 1, numel)."""
+    shape = tuple(shape)
+    ishape = internal_shape(shape)
+    if len(shape) in (2, 4) and shape[0] == 1:
+        iaxis = {4: (None, 2, 0, 1), 2: (None, 0)}[len(shape)][axis]
+    else:
+        iaxis = axis
+    if iaxis is None:
+        return 1, 1, int(np.prod(ishape))
+    return (int(np.prod(ishape[:iaxis])), ishape[iaxis], int(np.prod(ishape[iaxis + 1:])))
+
+
+def _prepare_unary(name, a=0.0):
+    code = UNARY[name]
+
+    def run(inputs, out, n_threads, pix=None):
+        A.unary(positions(inputs[0]), positions(out), code, a, n_threads, pix)
+    return run
+
+
+def prepare_leaky_relu(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("leaky_relu", float(np.float32(attrs["negative_slope"])))
+
+
+def prepare_sigmoid(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("sigmoid")
+
+
+def prepare_tanh(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("tanh")
+
+
+def prepare_silu(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("silu")
+
+
+def prepare_hardswish(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("hardswish")
+
+
+def prepare_hardsigmoid(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("hardsigmoid")
+
+
+def prepare_gelu(node, attrs, in_shapes, out_shape):
+    return _prepare_unary("gelu_tanh" if attrs["approximate"] == "tanh" else "gelu")
+
+
+def prepare_pow(node, attrs, in_shapes, out_shape):
+    e = float(attrs["exponent"])
+    return _prepare_unary(POW_SPECIAL.get(e, "pow"), float(np.float32(e)))
+
+
+def prepare_prelu(node, attrs, in_shapes, out_shape):
+    view = axis_view(out_shape, 1)
+    slope = np.ascontiguousarray(np.broadcast_to(
+        np.asarray(node.weights["slope"], np.float32).reshape(-1), (view[1],)))
+
+    def run(inputs, out, n_threads, pix=None):
+        A.prelu(inputs[0].reshape(view), slope, out.reshape(view), n_threads, pix)
+    return run
+
+
+def is_channel_softmax(attrs, shape):
+    """Softmax over the channels of an image: per position, computed where dirty."""
+    return len(shape) == 4 and shape[0] == 1 and attrs["axis"] == 1
+
+
+def _prepare_softmax(attrs, out_shape, log_):
+    view = axis_view(out_shape, attrs["axis"])
+    if is_channel_softmax(attrs, out_shape):
+        def run(inputs, out, n_threads, pix=None):
+            A.softmax(inputs[0].reshape(view), out.reshape(view), log_, n_threads, pix)
+        return run
+
+    def run_whole(inputs, out, n_threads, pix=None):
+        # global (receptive.softmax gives None): the stream never passes pix; a caller
+        # that does gets the whole result at those positions, the rest left alone
+        if pix is None:
+            A.softmax(inputs[0].reshape(view), out.reshape(view), log_, n_threads)
+            return
+        tmp = np.empty_like(out)
+        A.softmax(inputs[0].reshape(view), tmp.reshape(view), log_, n_threads)
+        positions(out)[pix] = positions(tmp)[pix]
+    return run_whole
+
+
+def prepare_softmax(node, attrs, in_shapes, out_shape):
+    return _prepare_softmax(attrs, out_shape, False)
+
+
+def prepare_log_softmax(node, attrs, in_shapes, out_shape):
+    return _prepare_softmax(attrs, out_shape, True)
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
+def _windows():
+    from . import _windows as W
+    return W
+
+
+def pack_conv_transpose_weight(w, groups, stride, dilation):
+    """(Cin, Cout/g, KH, KW) torch layout -> the packed weights of _windows.conv_transpose2d:
+    per stride phase (ry, rx), row-major, and per group, the (ny * nx * Cin/g, Cout/g)
+    matrix of the phase's taps in im2col order (tap row, tap column, input channel),
+    gemm-packed. Phases that no tap reaches hold nothing."""
+    W = _windows()
+    cin, og, kh, kw = w.shape
+    cg = cin // groups
+    ys, _, yt = W.phase_tables(kh, stride[0], dilation[0])
+    xs, _, xt = W.phase_tables(kw, stride[1], dilation[1])
+    wg = np.asarray(w, np.float32).reshape(groups, cg, og, kh, kw)
+    n8 = _ceil_div(og, 8) * 8
+    out = _aligned_empty(kh * kw * groups * cg * n8)
+    off = 0
+    for ry in np.flatnonzero(np.diff(ys)):
+        ti = yt[ys[ry]:ys[ry + 1]]
+        for rx in np.flatnonzero(np.diff(xs)):
+            tj = xt[xs[rx]:xs[rx + 1]]
+            sub = wg[:, :, :, ti][:, :, :, :, tj]                  # (g, cg, og, ny, nx)
+            mats = sub.transpose(0, 3, 4, 1, 2).reshape(groups, len(ti) * len(tj) * cg, og)
+            size = mats.shape[1] * n8
+            for g in range(groups):
+                K.gemm_pack(np.ascontiguousarray(mats[g]), out[off:off + size])
+                off += size
+    assert off == out.size
+    return out
+
+
+def prepare_conv_transpose2d(node, attrs, in_shapes, out_shape, m_tile=None):
+    W = _windows()
+    kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi = _conv_common(attrs)
+    g = attrs["groups"]
+    if is_depthwise(attrs, in_shapes):
+        # one channel per group: direct loops beat a gemm of one column per group
+        wd = pack_depthwise_weight(node.weights["weight"])
+        bias = np.ascontiguousarray(node.weights["bias"], np.float32)
+        ys, yo, yt = W.phase_tables(kh, sh, dh)
+        xs, xo, xt = W.phase_tables(kw, sw, dw)
+
+        def run_dw(inputs, out, n_threads, pix=None):
+            W.conv_transpose2d_depthwise(inputs[0], wd, bias, out, sh, sw, pt, pl, ys, yo,
+                                         yt, xs, xo, xt, act, lo, hi, n_threads, pix)
+        return run_dw
+    w = pack_conv_transpose_weight(node.weights["weight"], g, (sh, sw), (dh, dw))
+    bias = np.ascontiguousarray(node.weights["bias"], np.float32)
+    ys, yo, _ = W.phase_tables(kh, sh, dh)
+    xs, xo, _ = W.phase_tables(kw, sw, dw)
+    cg, og = in_shapes[0][1] // g, attrs["out_channels"] // g
+    k_max = int(np.diff(ys).max()) * int(np.diff(xs).max()) * cg
+    mt, _ = conv_tiling(out_shape[2] * out_shape[3], max(1, k_max), og, g, m_tile)
+
+    def run(inputs, out, n_threads, pix=None):
+        W.conv_transpose2d(inputs[0], w, bias, out, kh, kw, sh, sw, pt, pl, ys, yo, xs, xo,
+                           g, act, lo, hi, mt, n_threads, pix)
+    return run
+
+
+POOL_MODES = {"max": 0, "avg": 1, "avg_axes": 2}
+
+
+def avg_pool_tables(out_size, in_size, k, s, p0, p1, count_include_pad):
+    """torch's avg_pool2d windows along one axis: (start, end, count) int32 per output
+    index, [start, end) clipped to the input; count is the window's length clipped to
+    the padded input (count_include_pad) or to the input."""
+    o = np.arange(out_size, dtype=np.int64)
+    start = o * s - p0
+    end = np.minimum(start + k, in_size + p1)
+    padded = end - start
+    start, end = np.maximum(start, 0), np.minimum(end, in_size)
+    count = padded if count_include_pad else end - start
+    return start.astype(np.int32), end.astype(np.int32), count.astype(np.int32)
+
+
+def adaptive_tables(out_size, in_size):
+    """Adaptive pooling windows along one axis: (start, end, end - start) int32,
+    start = floor(i * in / out), end = ceil((i + 1) * in / out)."""
+    i = np.arange(out_size, dtype=np.int64)
+    start = (i * in_size) // out_size
+    end = -(-((i + 1) * in_size) // out_size)
+    return start.astype(np.int32), end.astype(np.int32), (end - start).astype(np.int32)
+
+
+def _prepare_pool(rows, cols, divisor, mode):
+    W = _windows()
+
+    def run(inputs, out, n_threads, pix=None):
+        W.window_pool(inputs[0], out, *rows, *cols, divisor, mode, n_threads, pix)
+    return run
+
+
+def pool_axes(op, attrs, in_shapes, out_shape):
+    """Per axis (start, end, count) of the windows of avg_pool2d or the adaptive pools."""
+    h, w = in_shapes[0][2:]
+    if op == "avg_pool2d":
+        (kh, kw), (sh, sw), (pt, pl, pb, pr) = attrs["kernel"], attrs["stride"], attrs["pads"]
+        inc = bool(attrs["count_include_pad"])
+        return (avg_pool_tables(out_shape[2], h, kh, sh, pt, pb, inc),
+                avg_pool_tables(out_shape[3], w, kw, sw, pl, pr, inc))
+    return adaptive_tables(out_shape[2], h), adaptive_tables(out_shape[3], w)
+
+
+def prepare_avg_pool2d(node, attrs, in_shapes, out_shape):
+    rows, cols = pool_axes("avg_pool2d", attrs, in_shapes, out_shape)
+    return _prepare_pool(rows, cols, int(attrs["divisor"]), POOL_MODES["avg"])
+
+
+def prepare_adaptive_avg_pool2d(node, attrs, in_shapes, out_shape):
+    rows, cols = pool_axes("adaptive_avg_pool2d", attrs, in_shapes, out_shape)
+    return _prepare_pool(rows, cols, 0, POOL_MODES["avg_axes"])
+
+
+def prepare_adaptive_max_pool2d(node, attrs, in_shapes, out_shape):
+    rows, cols = pool_axes("adaptive_max_pool2d", attrs, in_shapes, out_shape)
+    return _prepare_pool(rows, cols, 0, POOL_MODES["max"])
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+from . import _rearrange  # noqa: E402  (kept beside the ops that use it)
+
+
+def prepare_pad(node, attrs, in_shapes, out_shape):
+    pt, pl, _, _ = attrs["pads"]
+    value = float(attrs["value"])
+
+    def run(inputs, out, n_threads, pix=None):
+        _rearrange.pad(inputs[0], out, pt, pl, value, n_threads, pix)
+    return run
+
+
+def prepare_slice(node, attrs, in_shapes, out_shape):
+    axis, start, end, step = attrs["axis"], attrs["start"], attrs["end"], attrs["step"]
+    in_shape = tuple(in_shapes[0])
+    if len(in_shape) == 4 and in_shape[0] == 1:
+        def run(inputs, out, n_threads, pix=None):
+            _rearrange.slice_image(inputs[0], out, axis, start, step, n_threads, pix)
+        return run
+    index = [slice(None)] * len(in_shape)
+    index[axis] = slice(start, end, step)
+    index = tuple(index)
+
+    def run_whole(inputs, out, n_threads, pix=None):
+        # vectors and other ranks: a copy in torch layout, computed whole
+        out[...] = to_internal(to_torch(inputs[0], in_shape)[index], out_shape)
+    return run_whole
+
+
+def prepare_group_norm(node, attrs, in_shapes, out_shape):
+    w = np.ascontiguousarray(node.weights["weight"], np.float32)
+    b = np.ascontiguousarray(node.weights["bias"], np.float32)
+    g, eps = attrs["num_groups"], float(attrs["eps"])
+
+    def run(inputs, out, n_threads, pix=None):
+        _rearrange.group_norm(positions(inputs[0]), w, b, positions(out), g, eps, n_threads)
+    return run
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------

@@ -71,9 +71,79 @@ def bilinear(attrs, in_shapes, out_shape):
 
 # --- activations and softmax ------------------------------------------------
 
+def softmax(attrs, in_shapes, out_shape):
+    """softmax and log_softmax: over the channels of an image each position reads its
+    own channels (SAME); over any other axis, or of a non-image tensor, an output reads
+    a whole line of the input: global, computed whole."""
+    return SAME if len(out_shape) == 4 and out_shape[0] == 1 and attrs["axis"] == 1 else None
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
+def conv_transpose(attrs, in_shapes, out_shape):
+    """conv_transpose2d: output o reads the input indices iy with o = iy * s - pad + i * d
+    for some tap i; per o the first and last of them (none: lo > hi)."""
+    axes = []
+    for a in range(2):
+        k, s, d = attrs["kernel"][a], attrs["stride"][a], attrs["dilation"][a]
+        p, size = attrs["pads"][a], in_shapes[0][2 + a]
+        o = np.arange(out_shape[2 + a], dtype=np.int64)
+        lo = np.full(o.shape, size, np.int64)
+        hi = np.full(o.shape, -1, np.int64)
+        for i in range(k):
+            t = o + p - i * d
+            ok = (t >= 0) & (t % s == 0) & (t // s < size)
+            lo = np.where(ok, np.minimum(lo, t // s), lo)
+            hi = np.where(ok, np.maximum(hi, t // s), hi)
+        axes.append(_clip(lo, hi, size))
+    return tuple(axes)
+
+
+def pool_windows(op):
+    """avg_pool2d and the adaptive pools: each output reads exactly its window's rows
+    and columns (ops.pool_axes)."""
+    def rule(attrs, in_shapes, out_shape):
+        from .ops import pool_axes
+        return tuple(_clip(start, end - 1, size) for (start, end, _), size
+                     in zip(pool_axes(op, attrs, in_shapes, out_shape), in_shapes[0][2:]))
+    rule.__name__ = f"pool_windows_{op}"
+    return rule
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+def _shifted_axis(out_size, in_size, start, step):
+    """Output index o reads input index start + o * step, or nothing outside the input."""
+    i = start + np.arange(out_size, dtype=np.int64) * step
+    ok = (i >= 0) & (i < in_size)
+    return np.where(ok, i, 0).astype(np.int32), np.where(ok, i, -1).astype(np.int32)
+
+
+def pad(attrs, in_shapes, out_shape):
+    """Output index o reads input o - pad_before; the padding reads nothing."""
+    pt, pl, _, _ = attrs["pads"]
+    h, w = in_shapes[0][2:]
+    return (_shifted_axis(out_shape[2], h, -pt, 1), _shifted_axis(out_shape[3], w, -pl, 1))
+
+
+def sliced(attrs, in_shapes, out_shape):
+    """slice: on channels elementwise (SAME); on H or W, o reads start + o * step."""
+    axis = attrs["axis"]
+    if axis == 1:
+        return SAME
+    h, w = in_shapes[0][2:]
+    rows = _shifted_axis(out_shape[2], h, *((attrs["start"], attrs["step"]) if axis == 2
+                                            else (0, 1)))
+    cols = _shifted_axis(out_shape[3], w, *((attrs["start"], attrs["step"]) if axis == 3
+                                            else (0, 1)))
+    return rows, cols
+
+
+def concat(attrs, in_shapes, out_shape):
+    """On channels position p reads p of every input (SAME); on H or W global: the
+    ranges format reads one input per axis, and a position of the output reads one
+    input or another depending on where it lies, so any change recomputes it whole."""
+    return SAME if attrs["axis"] == 1 else None
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 

@@ -31,7 +31,7 @@ REGISTRY = {
     "global_avg_pool":   OpImpl(reference.global_avg_pool, ops.prepare_global_avg_pool,
                                 R("global_avg_pool"), masked=False),
     "add":               OpImpl(reference.add, ops.prepare_add, R("add")),
-    "concat":            OpImpl(reference.concat, ops.prepare_concat, R("concat")),
+    "concat":            OpImpl(reference.concat, ops.prepare_concat, receptive.concat),
     "upsample_nearest":  OpImpl(reference.upsample_nearest, ops.prepare_upsample_nearest,
                                 receptive.nearest),
     "upsample_bilinear": OpImpl(reference.upsample_bilinear, ops.prepare_upsample_bilinear,
@@ -46,10 +46,37 @@ REGISTRY = {
     "div":               OpImpl(reference.div, ops.prepare_div, R("div")),
 
     # activations and softmax
+    "leaky_relu":        OpImpl(reference.leaky_relu, ops.prepare_leaky_relu, R("leaky_relu")),
+    "prelu":             OpImpl(reference.prelu, ops.prepare_prelu, R("prelu")),
+    "sigmoid":           OpImpl(reference.sigmoid, ops.prepare_sigmoid, R("sigmoid")),
+    "tanh":              OpImpl(reference.tanh, ops.prepare_tanh, R("tanh")),
+    "silu":              OpImpl(reference.silu, ops.prepare_silu, R("silu")),
+    "hardswish":         OpImpl(reference.hardswish, ops.prepare_hardswish, R("hardswish")),
+    "hardsigmoid":       OpImpl(reference.hardsigmoid, ops.prepare_hardsigmoid,
+                                R("hardsigmoid")),
+    "gelu":              OpImpl(reference.gelu, ops.prepare_gelu, R("gelu")),
+    "softmax":           OpImpl(reference.softmax, ops.prepare_softmax, receptive.softmax),
+    "log_softmax":       OpImpl(reference.log_softmax, ops.prepare_log_softmax,
+                                receptive.softmax),
+    "pow":               OpImpl(reference.pow, ops.prepare_pow, R("pow")),
 
     # windows: transposed conv, average pools
+    "conv_transpose2d":  OpImpl(reference.conv_transpose2d, ops.prepare_conv_transpose2d,
+                                receptive.conv_transpose),
+    "avg_pool2d":        OpImpl(reference.avg_pool2d, ops.prepare_avg_pool2d,
+                                receptive.pool_windows("avg_pool2d")),
+    "adaptive_avg_pool2d": OpImpl(reference.adaptive_avg_pool2d,
+                                  ops.prepare_adaptive_avg_pool2d,
+                                  receptive.pool_windows("adaptive_avg_pool2d")),
+    "adaptive_max_pool2d": OpImpl(reference.adaptive_max_pool2d,
+                                  ops.prepare_adaptive_max_pool2d,
+                                  receptive.pool_windows("adaptive_max_pool2d")),
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    "pad":               OpImpl(reference.pad, ops.prepare_pad, receptive.pad),
+    "slice":             OpImpl(reference.slice, ops.prepare_slice, receptive.sliced),
+    "group_norm":        OpImpl(reference.group_norm, ops.prepare_group_norm,
+                                R("group_norm"), masked=False),
 
     # layout-breaking tails, computed whole: permute, expand, matmul
 }

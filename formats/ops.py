@@ -315,9 +315,153 @@ def _binary(name, op_id, formula):
 
 # --- activations and softmax ------------------------------------------------
 
+FLT_MAX = 3.4028234663852886e38     # largest finite float32
+
+
+def _prelu_weights(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    if len(shape) < 2:
+        raise SchemaError("input[0]", f"prelu needs a channel axis (rank >= 2), got shape {shape}")
+    n = attrs["num_parameters"]
+    if n not in (1, shape[1]):
+        raise SchemaError("num_parameters", f"num_parameters {n} is neither 1 nor the "
+                          f"{shape[1]} channels of input shape {shape}")
+    return {"slope": (n,)}
+
+
+def _softmax_infer(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    if attrs["axis"] >= len(shape):
+        raise SchemaError("axis", f"axis {attrs['axis']} out of range for input shape {shape}")
+    return [shape]
+
+
+def _softmax_macs(attrs, in_shapes, out_shapes):
+    return 2 * _numel(out_shapes[0])
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
+def conv_transpose_out(size, k, s, p0, p1, d, op):
+    """Output length of a transposed convolution along one axis (torch's formula with
+    the crop split into leading ``p0`` and trailing ``p1``)."""
+    return (size - 1) * s - p0 - p1 + d * (k - 1) + 1 + op
+
+
+def _conv_transpose_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    cin, g, cout = in_shapes[0][1], attrs["groups"], attrs["out_channels"]
+    if cin % g:
+        raise SchemaError("groups", f"input channels {cin} not divisible by groups {g}")
+    if cout % g:
+        raise SchemaError("groups", f"out_channels {cout} not divisible by groups {g}")
+    kh, kw = attrs["kernel"]
+    return {"weight": (cin, cout // g, kh, kw), "bias": (cout,)}
+
+
+def _conv_transpose_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
+        raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    pt, pl, pb, pr = attrs["pads"]
+    oph, opw = attrs["output_padding"]
+    if not (oph < max(sh, dh) and opw < max(sw, dw)):
+        # torch's rule: the extra rows and columns must be ones a stride step could reach
+        raise SchemaError("output_padding", f"output_padding {attrs['output_padding']} must "
+                          f"be smaller than the stride or the dilation on each axis")
+    h, w = in_shapes[0][2:]
+    oh = conv_transpose_out(h, kh, sh, pt, pb, dh, oph)
+    ow = conv_transpose_out(w, kw, sw, pl, pr, dw, opw)
+    if oh < 1 or ow < 1:
+        raise SchemaError("pads", f"pads {attrs['pads']} crop the whole output of input "
+                          f"{tuple(in_shapes[0])} (output would be {oh} x {ow})")
+    return [(in_shapes[0][0], attrs["out_channels"], oh, ow)]
+
+
+def _conv_transpose_macs(attrs, in_shapes, out_shapes):
+    kh, kw = attrs["kernel"]
+    return _numel(in_shapes[0]) * (attrs["out_channels"] // attrs["groups"]) * kh * kw
+
+
+def _avg_pool_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    (kh, kw), (pt, pl, pb, pr) = attrs["kernel"], attrs["pads"]
+    if max(pt, pb) > kh // 2 or max(pl, pr) > kw // 2:
+        # torch's rule; it also keeps every window on at least one input element
+        raise SchemaError("pads", f"padding {attrs['pads']} is more than half the kernel "
+                          f"{attrs['kernel']}")
+    oh, ow = _window_shape(dict(attrs, dilation=(1, 1)), in_shapes[0],
+                           bool(attrs["ceil_mode"]))
+    n, c = in_shapes[0][:2]
+    return [(n, c, oh, ow)]
+
+
+def _adaptive_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    n, c = in_shapes[0][:2]
+    return [(n, c, *attrs["size"])]
+
+
+def adaptive_window(i, out_size, in_size):
+    """[start, end) of adaptive pooling's window i along one axis, as torch computes it:
+    floor(i * in / out) .. ceil((i + 1) * in / out)."""
+    return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+
+
+def _adaptive_macs(attrs, in_shapes, out_shapes):
+    (oh, ow), (h, w) = attrs["size"], in_shapes[0][2:]
+    kh, kw = -(-h // oh) + 1, -(-w // ow) + 1     # a bound on the window size
+    return _numel(out_shapes[0]) * min(kh, h) * min(kw, w)
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+def _pad_infer(attrs, in_shapes):
+    _need_rank(in_shapes, (4,))
+    n, c, h, w = in_shapes[0]
+    pt, pl, pb, pr = attrs["pads"]
+    return [(n, c, h + pt + pb, w + pl + pr)]
+
+
+def slice_length(start, end, step):
+    """Elements of range(start, end, step) for 0 <= start < end, step >= 1."""
+    return (end - start + step - 1) // step
+
+
+def _slice_infer(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    axis, start, end = attrs["axis"], attrs["start"], attrs["end"]
+    if axis >= len(shape):
+        raise SchemaError("axis", f"axis {axis} out of range for input shape {shape}")
+    if end > shape[axis]:
+        raise SchemaError("end", f"end {end} is past the input's size {shape[axis]} on "
+                          f"axis {axis}")
+    if start >= end:
+        raise SchemaError("start", f"start {start} is not below end {end}: empty slice")
+    out = list(shape)
+    out[axis] = slice_length(start, end, attrs["step"])
+    return [tuple(out)]
+
+
+def _group_norm_weights(attrs, in_shapes):
+    _need_rank(in_shapes, (2, 4))
+    c = in_shapes[0][1]
+    if in_shapes[0][0] != 1:
+        raise SchemaError("input[0]", f"group_norm needs batch 1, got shape {tuple(in_shapes[0])}")
+    if c % attrs["num_groups"]:
+        raise SchemaError("num_groups", f"{c} channels are not divisible by num_groups "
+                          f"{attrs['num_groups']}")
+    return {"weight": (c,), "bias": (c,)}
+
+
+def _group_norm_infer(attrs, in_shapes):
+    _group_norm_weights(attrs, in_shapes)
+    return _same_shape(attrs, in_shapes)
+
+
+def _group_norm_macs(attrs, in_shapes, out_shapes):
+    return 3 * _numel(in_shapes[0])
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
@@ -350,8 +494,8 @@ _SCHEMAS = [
              _no_weights, _gap_infer, _gap_macs, doc="mean over H and W"),
     _binary("add", 7, "a + b"),
     OpSchema("concat", 8, Category.MULTI_INPUT, (1, None),
-             {"axis": Attr("int", min=1, max=1, default=1)},
-             _no_weights, _concat_infer, doc="concatenation along channels"),
+             {"axis": Attr("int", min=1, max=MAX_RANK - 1, default=1)},
+             _no_weights, _concat_infer, doc="concatenation along an axis (not the batch)"),
     OpSchema("upsample_nearest", 9, Category.WINDOWED, (1, 1),
              {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)"),
               "scales": Attr("floats", 2, 0.0, MAX_DIM,
@@ -377,10 +521,87 @@ _SCHEMAS = [
     _binary("div", 16, "a / b"),
 
     # activations and softmax
+    OpSchema("leaky_relu", 20, Category.ELEMENTWISE, (1, 1),
+             {"negative_slope": Attr("float", min=-FLT_MAX, max=FLT_MAX, default=0.01,
+                                     doc="slope for x <= 0, rounded to float32")},
+             _no_weights, _same_shape, _per_element, doc="x if x > 0 else x * negative_slope"),
+    OpSchema("prelu", 21, Category.ELEMENTWISE, (1, 1),
+             {"num_parameters": Attr("int", min=1, max=MAX_DIM, default=1,
+                                     doc="1 (one shared slope) or C (one per channel)")},
+             _prelu_weights, _same_shape, _per_element,
+             doc="x if x > 0 else x * slope[c], c the channel (axis 1)"),
+    OpSchema("sigmoid", 22, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="1 / (1 + exp(-x))"),
+    OpSchema("tanh", 23, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="tanh(x)"),
+    OpSchema("silu", 24, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="x / (1 + exp(-x)) (swish)"),
+    OpSchema("hardswish", 25, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="x * min(max(x + 3, 0), 6) / 6"),
+    OpSchema("hardsigmoid", 26, Category.ELEMENTWISE, (1, 1), {}, _no_weights, _same_shape,
+             _per_element, doc="min(max(x + 3, 0), 6) / 6"),
+    OpSchema("gelu", 27, Category.ELEMENTWISE, (1, 1),
+             {"approximate": Attr("str", choices=("none", "tanh"), default="none",
+                                  doc="none: the erf form; tanh: the tanh approximation")},
+             _no_weights, _same_shape, _per_element, doc="x * Phi(x)"),
+    OpSchema("softmax", 28, Category.ELEMENTWISE, (1, 1),
+             {"axis": Attr("int", min=0, max=MAX_RANK - 1, doc="torch-layout axis")},
+             _no_weights, _softmax_infer, _softmax_macs,
+             doc="exp(x - max) / sum exp(x - max) along axis; per position over channels"),
+    OpSchema("log_softmax", 29, Category.ELEMENTWISE, (1, 1),
+             {"axis": Attr("int", min=0, max=MAX_RANK - 1, doc="torch-layout axis")},
+             _no_weights, _softmax_infer, _softmax_macs,
+             doc="x - max - log(sum exp(x - max)) along axis"),
+    OpSchema("pow", 30, Category.ELEMENTWISE, (1, 1),
+             {"exponent": Attr("float", min=-FLT_MAX, max=FLT_MAX, doc="a finite constant")},
+             _no_weights, _same_shape, _per_element, doc="x ** exponent"),
 
     # windows: transposed conv, average pools
+    OpSchema("conv_transpose2d", 40, Category.WINDOWED, (1, 1),
+             {"out_channels": Attr("int", min=1, max=MAX_DIM),
+              "kernel": _WINDOW_ATTRS["kernel"], "stride": _WINDOW_ATTRS["stride"],
+              "pads": Attr("ints", 4, 0, MAX_DIM,
+                           doc="(top, left, bottom, right): rows and columns cropped"),
+              "output_padding": Attr("ints", 2, 0, MAX_STRIDE, default=(0, 0),
+                                     doc="(oph, opw): extra rows and columns at the end"),
+              "dilation": _WINDOW_ATTRS["dilation"],
+              "groups": Attr("int", min=1, max=MAX_DIM, default=1), **_ACTIVATION},
+             _conv_transpose_weights, _conv_transpose_infer, _conv_transpose_macs,
+             doc="2-D transposed convolution (ConvTranspose2d) with bias and fused activation"),
+    OpSchema("avg_pool2d", 41, Category.WINDOWED, (1, 1),
+             {"kernel": _WINDOW_ATTRS["kernel"], "stride": _WINDOW_ATTRS["stride"],
+              "pads": Attr("ints", 4, 0, MAX_KERNEL // 2, doc="(top, left, bottom, right)"),
+              "ceil_mode": Attr("int", min=0, max=1, default=0),
+              "count_include_pad": Attr("int", min=0, max=1, default=1),
+              "divisor": Attr("int", min=-MAX_NUMEL, max=MAX_NUMEL, default=0,
+                              doc="divisor_override; 0: none")},
+             _no_weights, _avg_pool_infer, _maxpool_macs, doc="mean over a window"),
+    OpSchema("adaptive_avg_pool2d", 42, Category.WINDOWED, (1, 1),
+             {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)")},
+             _no_weights, _adaptive_infer, _adaptive_macs,
+             doc="mean over torch's adaptive windows"),
+    OpSchema("adaptive_max_pool2d", 43, Category.WINDOWED, (1, 1),
+             {"size": Attr("ints", 2, 1, MAX_DIM, doc="(oh, ow)")},
+             _no_weights, _adaptive_infer, _adaptive_macs,
+             doc="max over torch's adaptive windows"),
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    OpSchema("pad", 50, Category.WINDOWED, (1, 1),
+             {"pads": Attr("ints", 4, 0, MAX_DIM, doc="(top, left, bottom, right)"),
+              "value": Attr("float", default=0.0, doc="the value of the padding")},
+             _no_weights, _pad_infer, doc="constant padding of H and W (F.pad)"),
+    OpSchema("slice", 51, Category.WINDOWED, (1, 1),
+             {"axis": Attr("int", min=1, max=MAX_RANK - 1, doc="torch-layout axis"),
+              "start": Attr("int", min=0, max=MAX_DIM - 1, default=0),
+              "end": Attr("int", min=1, max=MAX_DIM, doc="exclusive"),
+              "step": Attr("int", min=1, max=MAX_DIM, default=1)},
+             _no_weights, _slice_infer,
+             doc="x[start:end:step] along one axis (narrow, split, chunk, select)"),
+    OpSchema("group_norm", 52, Category.GLOBAL, (1, 1),
+             {"num_groups": Attr("int", min=1, max=MAX_DIM),
+              "eps": Attr("float", min=0.0, default=1e-5)},
+             _group_norm_weights, _group_norm_infer, _group_norm_macs,
+             doc="normalise each group of channels over the group and H, W; affine"),
 
     # layout-breaking tails, computed whole: permute, expand, matmul
 ]

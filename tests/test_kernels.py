@@ -109,9 +109,14 @@ def case_global_avg_pool(data):
 
 def case_concat(data):
     n = data.draw(st.integers(1, 4))
-    hw = data.draw(st.sampled_from([(), _spatial(data)]))
-    shapes = [(1, data.draw(st.integers(1, 9)), *hw) for _ in range(n)]
-    return {"axis": 1}, shapes, {}, True
+    shape = list(data.draw(st.sampled_from([(1, 5), (1, 3, *_spatial(data)),
+                                             (1, *_spatial(data))])))
+    axis = data.draw(st.integers(1, len(shape) - 1))
+    shapes = []
+    for _ in range(n):
+        shape[axis] = data.draw(st.integers(1, 9))
+        shapes.append(tuple(shape))
+    return {"axis": axis}, shapes, {}, True
 
 
 def _resize(data):
@@ -175,9 +180,168 @@ case_add = case_sub = case_mul = case_div = _case_binary
 
 # --- activations and softmax ------------------------------------------------
 
+def _any_rank(data, c_max=17):
+    """An image, a vector, or a tensor of another rank (a detection head's (1, A, K))."""
+    c = data.draw(st.integers(1, c_max))
+    kind = data.draw(st.sampled_from(["image", "image", "vector", "rank3", "other"]))
+    if kind == "image":
+        return (1, c, *_spatial(data))
+    if kind == "vector":
+        return (1, c)
+    if kind == "rank3":
+        return (1, c, data.draw(st.integers(1, 13)))
+    return data.draw(st.sampled_from([(1, c, 2, 1, 3), (3, c), (2, c, 4)]))
+
+
+def case_leaky_relu(data):
+    slope = data.draw(st.one_of(st.sampled_from([0.01, 0.0, 1.0, -1.0, 0.2]),
+                                st.floats(-3, 3, width=32)))
+    return {"negative_slope": float(slope)}, [_any_rank(data)], {}, True
+
+
+def case_prelu(data):
+    shape = _any_rank(data)
+    n = data.draw(st.sampled_from([1, shape[1]]))
+    return {"num_parameters": n}, [shape], {"slope": _array(data, (n,), scale=0.5)}, True
+
+
+def case_sigmoid(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_tanh(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_silu(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_hardswish(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_hardsigmoid(data):
+    return {}, [_any_rank(data)], {}, True
+
+
+def case_gelu(data):
+    return ({"approximate": data.draw(st.sampled_from(["none", "tanh"]))}, [_any_rank(data)],
+            {}, True)
+
+
+def _softmax_case(data):
+    shape = _any_rank(data, c_max=data.draw(st.sampled_from([17, 130])))
+    axis = data.draw(st.sampled_from([1, 1, len(shape) - 1, 0] + list(range(len(shape)))))
+    return {"axis": axis}, [shape], {}, data.draw(st.booleans())
+
+
+def case_softmax(data):
+    return _softmax_case(data)
+
+
+def case_log_softmax(data):
+    return _softmax_case(data)
+
+
+POW_EXPONENTS = [2.0, 3.0, -2.0, 0.5, -0.5, -1.0, 0.0, 1.0, 1.5, 4.0, -3.0, 2.5, 1 / 3]
+
+
+def case_pow(data):
+    return ({"exponent": data.draw(st.sampled_from(POW_EXPONENTS))}, [_any_rank(data)], {},
+            True)
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
+def case_conv_transpose2d(data):
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    sh, sw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    dh, dw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    # crops up to past the kernel extent (the output must stay >= 1, else _valid says no)
+    pads = tuple(data.draw(st.integers(0, (dh, dw)[i % 2] * ((kh, kw)[i % 2] - 1) + 2))
+                 for i in range(4))
+    op = (data.draw(st.integers(0, max(sh, dh) - 1)), data.draw(st.integers(0, max(sw, dw) - 1)))
+    groups = data.draw(st.sampled_from([1, 1, 2, 3, "dw"]))
+    if groups == "dw":
+        c = data.draw(st.integers(2, 11))
+        cin, cout, groups = c, c, c
+    else:
+        cin = groups * data.draw(st.integers(1, 5))
+        cout = groups * data.draw(st.integers(1, 9))
+    h, w = _spatial(data, 1, 13)
+    act = data.draw(st.sampled_from(["none", "relu", "clamp"]))
+    a = {"out_channels": cout, "kernel": (kh, kw), "stride": (sh, sw), "pads": pads,
+         "output_padding": op, "dilation": (dh, dw), "groups": groups, "activation": act,
+         "act_min": -0.5, "act_max": 0.75}
+    weights = {"weight": _array(data, (cin, cout // groups, kh, kw), scale=0.5),
+               "bias": _array(data, (cout,))}
+    return a, [(1, cin, h, w)], weights, False
+
+
+def case_avg_pool2d(data):
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    pads = tuple(data.draw(st.integers(0, (kh, kw)[i % 2] // 2)) for i in range(4))
+    if data.draw(st.booleans()):        # torch's symmetric padding, so torch can check it
+        pads = pads[:2] * 2
+    a = {"kernel": (kh, kw), "stride": (data.draw(st.integers(1, 3)),
+                                        data.draw(st.integers(1, 3))),
+         "pads": pads, "ceil_mode": data.draw(st.integers(0, 1)),
+         "count_include_pad": data.draw(st.integers(0, 1)),
+         "divisor": data.draw(st.sampled_from([0, 0, 0, 1, 3, -2, 7]))}
+    c = data.draw(st.integers(1, 11))
+    return a, [(1, c, *_spatial(data))], {}, True
+
+
+def _adaptive_case(data):
+    c = data.draw(st.integers(1, 11))
+    h, w = _spatial(data)
+    size = (data.draw(st.integers(1, h + 3)), data.draw(st.integers(1, w + 3)))
+    return {"size": size}, [(1, c, h, w)], {}, True
+
+
+def case_adaptive_avg_pool2d(data):
+    return _adaptive_case(data)
+
+
+def case_adaptive_max_pool2d(data):
+    return _adaptive_case(data)
+
+
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
+
+def case_pad(data):
+    c = data.draw(st.integers(1, 9))
+    pads = tuple(data.draw(st.integers(0, 4)) for _ in range(4))
+    if data.draw(st.integers(0, 4)) == 0:
+        pads = tuple(p + data.draw(st.integers(0, 25)) for p in pads)   # wider than x
+    value = data.draw(st.sampled_from([0.0, -0.0, 1.5, -2.25, 3.0e38, -np.inf, np.inf]))
+    return {"pads": pads, "value": value}, [(1, c, *_spatial(data))], {}, True
+
+
+def case_slice(data):
+    kind = data.draw(st.sampled_from(["image", "image", "image", "vector", "rank3"]))
+    if kind == "image":
+        shape = (1, data.draw(st.integers(1, 13)), *_spatial(data))
+    elif kind == "vector":
+        shape = (1, data.draw(st.integers(1, 40)))
+    else:
+        shape = (1, *_spatial(data))
+    axis = data.draw(st.integers(1, len(shape) - 1))
+    n = shape[axis]
+    start = data.draw(st.integers(0, n - 1))
+    end = data.draw(st.integers(start + 1, n))
+    step = data.draw(st.sampled_from([1, 1, 2, 3, 5]))
+    return {"axis": axis, "start": start, "end": end, "step": step}, [shape], {}, True
+
+
+def case_group_norm(data):
+    g = data.draw(st.integers(1, 6))
+    c = g * data.draw(st.integers(1, 6))
+    shape = data.draw(st.sampled_from([(1, c, *_spatial(data)), (1, c)]))
+    eps = data.draw(st.sampled_from([1e-5, 1e-3, 0.5]))
+    return ({"num_groups": g, "eps": eps}, [shape],
+            {"weight": _array(data, (c,)), "bias": _array(data, (c,))}, False)
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
@@ -200,7 +364,7 @@ def run_engine_node(op, attrs, in_shapes, weights, inputs, n_threads, m_tile=Non
     node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
     full = resolve_attrs(OPS[op], attrs)
     out_shape = tuple(OPS[op].infer(full, in_shapes)[0])
-    kw = {"m_tile": m_tile} if op == "conv2d" else {}
+    kw = {"m_tile": m_tile} if op in ("conv2d", "conv_transpose2d") else {}
     run = REGISTRY[op].prepare(node, full, in_shapes, out_shape, **kw)
     out = np.full(internal_shape(out_shape), np.float32(12345.0))   # garbage to overwrite
     run([to_internal(x, s) for x, s in zip(inputs, in_shapes)], out, n_threads)
@@ -259,7 +423,7 @@ def test_masked_kernel_writes_exactly_its_positions(op, data):
     assume(len(out_shape) == 4)
     node = Node("n", op, [f"in{i}" for i in range(len(in_shapes))], ["out"], attrs, weights)
     m_tile = data.draw(st.sampled_from([None, 1, 5]))
-    kw = {"m_tile": m_tile} if op == "conv2d" else {}
+    kw = {"m_tile": m_tile} if op in ("conv2d", "conv_transpose2d") else {}
     run = REGISTRY[op].prepare(node, full, in_shapes, out_shape, **kw)
     xs = [to_internal(x, sh) for x, sh in zip(inputs, in_shapes)]
     dense = np.empty(internal_shape(out_shape), np.float32)
@@ -304,7 +468,7 @@ def _torch_op(op, attrs, weights, ts):
     if op == "global_avg_pool":
         return x.mean((2, 3), keepdim=bool(attrs["keepdim"]))
     if op == "concat":
-        return torch.cat(ts, 1)
+        return torch.cat(ts, attrs["axis"])
     if op == "upsample_nearest":
         return F.interpolate(x, size=attrs["size"], mode="nearest")
     if op == "upsample_bilinear":
@@ -321,10 +485,67 @@ def _torch_op(op, attrs, weights, ts):
         return fn(b, a) if attrs["reverse"] else fn(a, b)
 
     # activations and softmax
+    if op == "leaky_relu":
+        return F.leaky_relu(x, attrs["negative_slope"])
+    if op == "prelu":
+        return F.prelu(x, t["slope"])
+    if op in ("sigmoid", "tanh"):
+        return getattr(torch, op)(x)
+    if op in ("silu", "hardswish", "hardsigmoid"):
+        return getattr(F, op)(x)
+    if op == "gelu":
+        # in float64: torch's vectorised float32 gelu overflows to inf above FLT_MAX / 2
+        # where its scalar path (and the exact value) does not
+        return F.gelu(x.double(), approximate=attrs["approximate"]).float()
+    if op == "softmax":
+        return F.softmax(x, attrs["axis"])
+    if op == "log_softmax":
+        return F.log_softmax(x, attrs["axis"])
+    if op == "pow":
+        return x ** attrs["exponent"]
 
     # windows: transposed conv, average pools
+    if op == "conv_transpose2d":
+        # torch pads symmetrically: crop its uncropped output instead; in float64, so
+        # that only the reference's own rounding is compared
+        pt, pl, pb, pr = attrs["pads"]
+        y = F.conv_transpose2d(x.double(), t["weight"].double(), t["bias"].double(),
+                               attrs["stride"], 0, attrs["output_padding"], attrs["groups"],
+                               attrs["dilation"])
+        y = y[:, :, pt:y.shape[2] - pb, pl:y.shape[3] - pr]
+        if attrs["activation"] == "relu":
+            y = F.relu(y)
+        elif attrs["activation"] == "clamp":
+            y = torch.clamp(y, attrs["act_min"], attrs["act_max"])
+        return y.float()
+    if op == "avg_pool2d":
+        pt, pl, pb, pr = attrs["pads"]
+        if (pt, pl) != (pb, pr):
+            return None   # torch takes symmetric padding only
+        return F.avg_pool2d(x, attrs["kernel"], attrs["stride"], (pt, pl),
+                            bool(attrs["ceil_mode"]), bool(attrs["count_include_pad"]),
+                            attrs["divisor"] or None)
+    if op == "adaptive_avg_pool2d":
+        return F.adaptive_avg_pool2d(x, attrs["size"])
+    if op == "adaptive_max_pool2d":
+        return F.adaptive_max_pool2d(x, attrs["size"])
 
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    if op == "pad":
+        pt, pl, pb, pr = attrs["pads"]
+        return F.pad(x, (pl, pr, pt, pb), value=attrs["value"])
+    if op == "slice":
+        index = (slice(None),) * attrs["axis"] + (slice(attrs["start"], attrs["end"],
+                                                        attrs["step"]),)
+        return x[index]
+    if op == "group_norm":
+        # in float64: the reference and the kernel accumulate in double; this checks
+        # the semantics (groups, biased variance, eps, affine) against torch's. The aten
+        # op, as exported: F.group_norm refuses one value per channel, the op does not
+        n, c = x.shape[:2]
+        return torch.ops.aten.native_group_norm(
+            x.double(), t["weight"].double(), t["bias"].double(), n, c, x[0, 0].numel(),
+            attrs["num_groups"], attrs["eps"])[0].float()
 
     # layout-breaking tails, computed whole: permute, expand, matmul
     raise KeyError(op)

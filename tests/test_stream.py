@@ -167,6 +167,37 @@ def make_resize(b, x, op):
     return b.add(op, [x], a)
 
 
+def make_conv_transpose2d(b, x):
+    c, h, w = b.shapes[x][1:]
+    big = h * w > 300                    # keep chains of upsamplings small
+    k = (b.draw(st.integers(1, 4)), b.draw(st.integers(1, 4)))
+    s = (1, 1) if big else (b.draw(st.integers(1, 3)), b.draw(st.integers(1, 3)))
+    d = (b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2)))
+    pads = tuple(b.draw(st.integers(0, d[i % 2] * (k[i % 2] - 1) + 1)) for i in range(4))
+    op = tuple(b.draw(st.integers(0, max(s[i], d[i]) - 1)) for i in range(2))
+    g = b.draw(st.sampled_from([1, 1, 2, "dw"]))
+    g = c if g == "dw" else (g if c % g == 0 else 1)
+    cout = c if g == c else g * b.draw(st.integers(1, 4))
+    return b.add("conv_transpose2d", [x], {
+        "out_channels": cout, "kernel": k, "stride": s, "pads": pads, "output_padding": op,
+        "dilation": d, "groups": g, "activation": b.draw(st.sampled_from(["none", "relu"]))})
+
+
+def make_avg_pool2d(b, x):
+    k = (b.draw(st.integers(1, 4)), b.draw(st.integers(1, 4)))
+    return b.add("avg_pool2d", [x], {
+        "kernel": k, "stride": (b.draw(st.integers(1, 3)), b.draw(st.integers(1, 3))),
+        "pads": tuple(b.draw(st.integers(0, k[i % 2] // 2)) for i in range(4)),
+        "ceil_mode": b.draw(st.integers(0, 1)), "count_include_pad": b.draw(st.integers(0, 1)),
+        "divisor": b.draw(st.sampled_from([0, 0, 0, 2]))})
+
+
+def make_adaptive(b, x, op):
+    h, w = b.shapes[x][2:]
+    size = (b.draw(st.integers(1, h + 2)), b.draw(st.integers(1, w + 2)))
+    return b.add(op, [x], {"size": size})
+
+
 # op name -> (maker, how often it is drawn relative to the others)
 MAKERS_WEIGHTED = {
     "conv2d": (make_conv2d, 3),
@@ -185,8 +216,46 @@ MAKERS_WEIGHTED = {
     "mul": (lambda b, x: make_binary(b, x, "mul"), 1),
     "div": (lambda b, x: make_binary(b, x, "div"), 1),
     # activations and softmax
+    "leaky_relu": (lambda b, x: b.add("leaky_relu", [x], {
+        "negative_slope": b.draw(st.sampled_from([0.01, 0.2, -0.5]))}), 1),
+    "prelu": (lambda b, x: b.add("prelu", [x], {
+        "num_parameters": b.draw(st.sampled_from([1, b.shapes[x][1]]))}), 1),
+    "sigmoid": (lambda b, x: b.add("sigmoid", [x], {}), 1),
+    "tanh": (lambda b, x: b.add("tanh", [x], {}), 1),
+    "silu": (lambda b, x: b.add("silu", [x], {}), 1),
+    "hardswish": (lambda b, x: b.add("hardswish", [x], {}), 1),
+    "hardsigmoid": (lambda b, x: b.add("hardsigmoid", [x], {}), 1),
+    "gelu": (lambda b, x: b.add("gelu", [x], {
+        "approximate": b.draw(st.sampled_from(["none", "tanh"]))}), 1),
+    # axis 1: per position; 2 or 3: a global node in the middle of a spatial graph
+    "softmax": (lambda b, x: b.add("softmax", [x], {
+        "axis": b.draw(st.sampled_from([1, 1, 2, 3]))}), 1),
+    "log_softmax": (lambda b, x: b.add("log_softmax", [x], {
+        "axis": b.draw(st.sampled_from([1, 1, 2, 3]))}), 1),
+    "pow": (lambda b, x: b.add("pow", [x], {
+        "exponent": b.draw(st.sampled_from([2.0, 3.0, 0.5, -1.0]))}), 1),
     # windows: transposed conv, average pools
+    "conv_transpose2d": (make_conv_transpose2d, 2),
+    "avg_pool2d": (make_avg_pool2d, 1),
+    "adaptive_avg_pool2d": (lambda b, x: make_adaptive(b, x, "adaptive_avg_pool2d"), 1),
+    "adaptive_max_pool2d": (lambda b, x: make_adaptive(b, x, "adaptive_max_pool2d"), 1),
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    "pad": (lambda b, x: b.add("pad", [x], {
+        "pads": tuple(b.draw(st.integers(0, 3)) for _ in range(4)),
+        "value": b.draw(st.sampled_from([0.0, 0.5, -2.0]))}), 1),
+    "slice": (lambda b, x: b.add("slice", [x], {         # channels, H or W
+        "axis": (ax := b.draw(st.integers(1, 3))),
+        "start": (s0 := b.draw(st.integers(0, b.shapes[x][ax] - 1))),
+        "end": b.draw(st.integers(s0 + 1, b.shapes[x][ax])),
+        "step": b.draw(st.integers(1, 3))}), 2),
+    "concat_hw": (lambda b, x: (lambda ax: b.add("concat", [x] + b.draw(st.lists(
+        st.sampled_from([t for t in b.spatial      # equal C and the other spatial axis
+                         if all(b.shapes[t][i] == b.shapes[x][i] for i in (1, 5 - ax))]),
+        min_size=1, max_size=2)), {"axis": ax}))(b.draw(st.integers(2, 3))), 1),
+    "group_norm": (lambda b, x: b.add("group_norm", [x], {
+        "num_groups": b.draw(st.sampled_from(
+            [g for g in range(1, b.shapes[x][1] + 1) if b.shapes[x][1] % g == 0])),
+        "eps": 1e-5}), 1),
 }
 MAKERS = {op: fn for op, (fn, _) in MAKERS_WEIGHTED.items()}
 MAKER_CHOICES = [op for op, (_, k) in MAKERS_WEIGHTED.items() for _ in range(k)]
