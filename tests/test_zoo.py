@@ -33,7 +33,9 @@ THIS_FILE = Path(__file__).name
 
 
 # name: factory kwargs, input shape, format ops the graph must hold, the module whose
-# output the receptive-field check follows, whether a global op comes before the end
+# output the receptive-field check follows (None: the output), whether a global op comes
+# before the end, and whether that module's centre sees its whole receptive field (it
+# lies inside the frame: the gradient then spans exactly the reported size)
 CASES = {
     "resnet18": dict(
         kwargs={}, shape=(1, 3, 64, 96),
@@ -41,7 +43,7 @@ CASES = {
         probe="layer3", global_tail=True),
     "mobilenet_v2": dict(
         kwargs={}, shape=(1, 3, 64, 96), ops={"conv2d", "add", "global_avg_pool", "linear"},
-        probe="features.3", global_tail=True),
+        probe="features.3", global_tail=True, rf_exact=True),
     "unet": dict(
         kwargs={}, shape=(1, 3, 48, 64),
         ops={"conv2d", "max_pool2d", "upsample_bilinear", "concat"},
@@ -49,11 +51,11 @@ CASES = {
     "mobilenet_v3_small": dict(
         kwargs={}, shape=(1, 3, 64, 96),
         ops={"conv2d", "hardswish", "hardsigmoid", "mul", "global_avg_pool", "linear"},
-        probe="features.1.block.0", global_tail=True),
+        probe="features.1.block.0", global_tail=True, rf_exact=True),
     "efficientnet_b0": dict(
         kwargs={}, shape=(1, 3, 64, 96),
         ops={"conv2d", "silu", "sigmoid", "mul", "global_avg_pool", "linear"},
-        probe="features.1.0.block.0", global_tail=True),
+        probe="features.1.0.block.0", global_tail=True, rf_exact=True),
     "deeplabv3": dict(
         kwargs=dict(atrous_rates=aspp_rates(16, feature_size=6)), shape=(1, 3, 96, 128),
         ops={"conv2d", "max_pool2d", "global_avg_pool", "upsample_bilinear", "concat", "add"},
@@ -244,6 +246,8 @@ def test_info_macs_and_receptive_fields(zoo):
     assert rf_h <= h and rf_w <= w
     gh, gw = gradient_extent(zoo.net, zoo.x, path)
     assert gh <= rf_h and gw <= rf_w, ((gh, gw), (rf_h, rf_w))
+    if zoo.case.get("rf_exact"):
+        assert (gh, gw) == (rf_h, rf_w) and rf_h < h and rf_w < w
 
 
 # --- checkpoints through the command line -----------------------------------------------------
