@@ -323,6 +323,139 @@ def scale_transposed_weight(w, scale, groups):
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
+def _shapes(graph):
+    """{tensor: torch-layout shape} as the schemas infer them; None where a node is a
+    pseudo-op or breaks its schema (the check after the passes reports it)."""
+    from framedelta.formats.ops import SchemaError, resolve_attrs
+    shapes = {graph.input.name: tuple(graph.input.shape)}
+    for node in graph.nodes:
+        ins = [shapes.get(t) for t in node.inputs]
+        out = None
+        if node.op in OPS and all(s is not None for s in ins):
+            try:
+                out = tuple(OPS[node.op].infer(resolve_attrs(OPS[node.op], node.attrs), ins)[0])
+            except (SchemaError, KeyError, TypeError, ValueError):
+                out = None
+        for t in node.outputs:
+            shapes[t] = out
+    return shapes
+
+
+def _sole_reader(graph, users, tensor, op):
+    """The node reading ``tensor`` when it is the only reader, has op ``op`` and the
+    tensor is not a graph output; else None."""
+    readers = users.get(tensor, [])
+    if tensor in graph.outputs or len(readers) != 1 or readers[0].op != op:
+        return None
+    return readers[0]
+
+
+def _pixel_shuffle_chain(x, view, dims, out):
+    """(op, attrs) when reshape(x -> view) -> permute(dims) -> reshape(-> out) is torch's
+    F.pixel_shuffle or F.pixel_unshuffle of the image x, else None."""
+    if x is None or len(x) != 4 or len(view) != 6 or x[0] != 1:
+        return None
+    _, c, h, w = x
+    if dims == (0, 1, 4, 2, 5, 3):
+        r = view[2]
+        if view == (1, c // (r * r), r, r, h, w) and c % (r * r) == 0 \
+                and out == (1, c // (r * r), h * r, w * r):
+            return "pixel_shuffle", {"upscale": r}
+    if dims == (0, 1, 3, 5, 2, 4):
+        r = view[3]
+        if view == (1, c, h // r, r, w // r, r) and h % r == 0 and w % r == 0 \
+                and out == (1, c * r * r, h // r, w // r):
+            return "pixel_unshuffle", {"downscale": r}
+    return None
+
+
+def fuse_pixel_shuffle(graph):
+    """reshape -> permute -> reshape, each intermediate read only by the next (the clone
+    between them is gone with drop_identities), as torch exports F.pixel_shuffle(x, r)
+    (view (1, C/r^2, r, r, H, W), permute (0, 1, 4, 2, 5, 3), view (1, C/r^2, H r, W r))
+    and F.pixel_unshuffle (view (1, C, H/r, r, W/r, r), permute (0, 1, 3, 5, 2, 4),
+    view (1, C r^2, H/r, W/r)): one pixel_shuffle / pixel_unshuffle node, windowed
+    instead of three global ones. Other permutations stay as they are."""
+    users, producers, shapes = _users(graph), _producers(graph), _shapes(graph)
+    n = 0
+    for perm in [node for node in graph.nodes if node.op == "permute"]:
+        first = producers.get(perm.inputs[0])
+        if first is None or first.op != "reshape" \
+                or _sole_reader(graph, users, first.outputs[0], "permute") is not perm:
+            continue
+        last = _sole_reader(graph, users, perm.outputs[0], "reshape")
+        if last is None:
+            continue
+        fused = _pixel_shuffle_chain(shapes.get(first.inputs[0]), tuple(first.attrs["shape"]),
+                                     tuple(perm.attrs["dims"]), tuple(last.attrs["shape"]))
+        if fused is None:
+            continue
+        op, attrs = fused
+        last.op, last.attrs, last.inputs = op, attrs, list(first.inputs)
+        graph.nodes.remove(first)
+        graph.nodes.remove(perm)
+        n += 1
+    return n
+
+
+def fuse_layer_norm(graph):
+    """permute (0, 2, 3, 1) -> layer_norm over the last axis -> permute (0, 3, 1, 2), the
+    intermediates read only by the chain: F.layer_norm over the channels at each position
+    (ConvNeXt's LayerNorm2d) becomes layer_norm over axis 1 of the image, pointwise."""
+    users, producers, shapes = _users(graph), _producers(graph), _shapes(graph)
+    n = 0
+    for ln in [node for node in graph.nodes if node.op == "layer_norm"]:
+        first = producers.get(ln.inputs[0])
+        if first is None or first.op != "permute" or tuple(first.attrs["dims"]) != (0, 2, 3, 1) \
+                or ln.attrs.get("axis", 1) != 3 \
+                or _sole_reader(graph, users, first.outputs[0], "layer_norm") is not ln:
+            continue
+        x = shapes.get(first.inputs[0])
+        last = _sole_reader(graph, users, ln.outputs[0], "permute")
+        if x is None or len(x) != 4 or last is None \
+                or tuple(last.attrs["dims"]) != (0, 3, 1, 2):
+            continue
+        ln.inputs, ln.outputs = list(first.inputs), list(last.outputs)
+        ln.attrs = dict(ln.attrs, axis=1)
+        graph.nodes.remove(first)
+        graph.nodes.remove(last)
+        n += 1
+    return n
+
+
+BROADCASTING_OPS = ("add", "sub", "mul", "div")
+
+
+def fold_expand(graph):
+    """A broadcasting op (add, sub, mul, div) that reads an expanded tensor reads the
+    tensor before the expand instead, where its schema takes that shape and gives the
+    same output shape (x * s.expand_as(x) is x * s). The expand goes when nothing else
+    reads it."""
+    from framedelta.formats.ops import SchemaError, resolve_attrs
+    producers, shapes = _producers(graph), _shapes(graph)
+    n = 0
+    for node in graph.nodes:
+        if node.op not in BROADCASTING_OPS or node.op not in OPS:
+            continue
+        for i, t in enumerate(node.inputs):
+            exp = producers.get(t)
+            if exp is None or exp.op != "expand":
+                continue
+            inputs = node.inputs[:i] + [exp.inputs[0]] + node.inputs[i + 1:]
+            ins = [shapes.get(u) for u in inputs]
+            if any(s is None for s in ins) or len(ins[i]) != len(shapes.get(t) or ()):
+                continue
+            try:
+                out = OPS[node.op].infer(resolve_attrs(OPS[node.op], node.attrs), ins)[0]
+                OPS[node.op].weights(resolve_attrs(OPS[node.op], node.attrs), ins)
+            except (SchemaError, KeyError, TypeError, ValueError):
+                continue
+            if tuple(out) == shapes.get(node.outputs[0]):
+                node.inputs = inputs
+                n += 1
+    return n
+
+
 
 def drop_dead(graph):
     """Nodes none of whose outputs is read or returned."""
@@ -349,6 +482,10 @@ PASSES = (
     fold_pads,
     fold_batch_norm,
     fuse_activations,
+    # layout-breaking tails, computed whole: permute, expand, matmul
+    fuse_pixel_shuffle,
+    fuse_layer_norm,
+    fold_expand,
     drop_dead,
 )
 

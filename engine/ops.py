@@ -117,8 +117,9 @@ def pack_depthwise_weight(w):
 
 
 def positions(a):
-    """(P, C) view of an engine-layout array: (H*W, C) for images, (1, F) otherwise."""
-    return a.reshape(-1, a.shape[-1]) if a.ndim == 3 else a.reshape(1, -1)
+    """(P, C) view of an engine-layout array: (H*W, C) for images, (N, F) for (N, F)
+    matrices with N != 1, (1, F) otherwise."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim in (2, 3) else a.reshape(1, -1)
 
 
 def prepare_conv2d(node, attrs, in_shapes, out_shape, m_tile=None):
@@ -265,7 +266,11 @@ def prepare_linear(node, attrs, in_shapes, out_shape):
     b = np.ascontiguousarray(node.weights["bias"], np.float32)
 
     def run(inputs, out, n_threads, pix=None):
-        K.linear(inputs[0], w, b, out, n_threads)
+        if inputs[0].ndim == 1:
+            K.linear(inputs[0], w, b, out, n_threads)
+            return
+        for i in range(inputs[0].shape[0]):    # (N, F) with N != 1: row by row
+            K.linear(inputs[0][i], w, b, out[i], n_threads)
     return run
 
 
@@ -609,3 +614,86 @@ def prepare_group_norm(node, attrs, in_shapes, out_shape):
     return run
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
+
+# permute, expand and matmul run whole (global ops), in torch layout: each input is read
+# through a torch-layout view of its engine array (layout.to_torch) and the result
+# written through a torch-layout view of ``out``.
+
+def prepare_permute(node, attrs, in_shapes, out_shape):
+    in_shape, dims = in_shapes[0], tuple(attrs["dims"])
+
+    def run(inputs, out, n_threads, pix=None):
+        to_torch(out, out_shape)[...] = to_torch(inputs[0], in_shape).transpose(dims)
+    return run
+
+
+def prepare_expand(node, attrs, in_shapes, out_shape):
+    in_shape = in_shapes[0]
+
+    def run(inputs, out, n_threads, pix=None):
+        to_torch(out, out_shape)[...] = to_torch(inputs[0], in_shape)
+    return run
+
+
+def prepare_matmul(node, attrs, in_shapes, out_shape):
+    from . import _tails as T
+    (sa, sb) = in_shapes
+    m, k, n = sa[-2], sa[-1], sb[-1]
+    batch = int(np.prod(sa[:-2], dtype=np.int64))
+    # each batch's packed B starts on a cache line
+    stride = -(-T.bmm_packed_size(k, n) // 16) * 16
+    zeros = np.zeros(n, np.float32)
+    # below rank 4 the engine array holds the torch-layout elements in torch order
+    direct = len(out_shape) != 4
+
+    def run(inputs, out, n_threads, pix=None):
+        a = np.ascontiguousarray(to_torch(inputs[0], sa)).reshape(batch, m, k)
+        b = np.ascontiguousarray(to_torch(inputs[1], sb)).reshape(batch, k, n)
+        packed = _aligned_empty(batch * stride).reshape(batch, stride)   # per call: streams
+        if direct:                                                       # may run at once
+            T.bmm(a, b, packed, zeros, out.reshape(batch, m, n), n_threads)
+        else:
+            c = np.empty((batch, m, n), np.float32)
+            T.bmm(a, b, packed, zeros, c, n_threads)
+            to_torch(out, out_shape)[...] = c.reshape(out_shape)
+    return run
+
+
+def prepare_pixel_shuffle(node, attrs, in_shapes, out_shape):
+    from . import _tails as T
+    r = attrs["upscale"]
+
+    def run(inputs, out, n_threads, pix=None):
+        T.pixel_shuffle(inputs[0], out, r, n_threads, pix)
+    return run
+
+
+def prepare_pixel_unshuffle(node, attrs, in_shapes, out_shape):
+    from . import _tails as T
+    r = attrs["downscale"]
+
+    def run(inputs, out, n_threads, pix=None):
+        T.pixel_unshuffle(inputs[0], out, r, n_threads, pix)
+    return run
+
+
+def prepare_layer_norm(node, attrs, in_shapes, out_shape):
+    from . import _tails as T
+    w = np.ascontiguousarray(node.weights["weight"], np.float32)
+    b = np.ascontiguousarray(node.weights["bias"], np.float32)
+    eps, shape, axis = float(attrs["eps"]), tuple(in_shapes[0]), attrs["axis"]
+    if len(shape) == 4 and axis == 1:
+        # channels at each position: the last engine axis, one row per pixel
+        def run(inputs, out, n_threads, pix=None):
+            T.layer_norm(positions(inputs[0]), w, b, positions(out), eps, n_threads, pix)
+        return run
+
+    def run_whole(inputs, out, n_threads, pix=None):
+        # any other axis: move it last in torch layout, normalise the rows, move it back
+        x = np.ascontiguousarray(np.moveaxis(to_torch(inputs[0], shape), axis, -1))
+        y = np.empty_like(x)
+        T.layer_norm(x.reshape(-1, shape[axis]), w, b, y.reshape(-1, shape[axis]), eps,
+                     n_threads)
+        to_torch(out, out_shape)[...] = np.moveaxis(y, -1, axis)
+    return run_whole
+

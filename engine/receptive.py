@@ -147,6 +147,32 @@ def concat(attrs, in_shapes, out_shape):
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
+def pixel_shuffle(attrs, in_shapes, out_shape):
+    """Output (oy, ox) reads input pixel (oy // r, ox // r)."""
+    r = attrs["upscale"]
+    axes = []
+    for a in range(2):
+        src = (np.arange(out_shape[2 + a]) // r).astype(np.int32)
+        axes.append((src, src.copy()))
+    return tuple(axes)
+
+
+def pixel_unshuffle(attrs, in_shapes, out_shape):
+    """Output (oy, ox) reads the r x r block of input pixels starting at (oy r, ox r)."""
+    r = attrs["downscale"]
+    axes = []
+    for a in range(2):
+        lo = (np.arange(out_shape[2 + a]) * r).astype(np.int32)
+        axes.append((lo, (lo + r - 1).astype(np.int32)))
+    return tuple(axes)
+
+
+def layer_norm(attrs, in_shapes, out_shape):
+    """Over the channels of an image (axis 1): each position alone. Over any other axis
+    the positions mix: global."""
+    return SAME if attrs["axis"] == 1 and len(out_shape) == 4 else None
+
+
 
 def same(attrs, in_shapes, out_shape):
     return SAME

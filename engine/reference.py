@@ -432,6 +432,53 @@ def group_norm(inputs, attrs, weights):
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
+def permute(inputs, attrs, weights):
+    return np.ascontiguousarray(np.transpose(inputs[0], attrs["dims"]))
+
+
+def expand(inputs, attrs, weights):
+    return np.ascontiguousarray(np.broadcast_to(inputs[0], attrs["shape"]))
+
+
+def matmul(inputs, attrs, weights):
+    a, b = (x.astype(np.float64) for x in inputs)
+    return np.matmul(a, b).astype(np.float32)
+
+
+def pixel_shuffle(inputs, attrs, weights):
+    (x,) = inputs
+    r = attrs["upscale"]
+    n, c, h, w = x.shape
+    y = np.empty((n, c // (r * r), h * r, w * r), np.float32)
+    for oy in range(h * r):
+        for ox in range(w * r):
+            src = [ci * r * r + (oy % r) * r + ox % r for ci in range(c // (r * r))]
+            y[:, :, oy, ox] = x[:, src, oy // r, ox // r]
+    return y
+
+
+def pixel_unshuffle(inputs, attrs, weights):
+    (x,) = inputs
+    r = attrs["downscale"]
+    n, c, h, w = x.shape
+    y = np.empty((n, c * r * r, h // r, w // r), np.float32)
+    for ci in range(c):
+        for i in range(r):
+            for j in range(r):
+                y[:, ci * r * r + i * r + j] = x[:, ci, i::r, j::r]
+    return y
+
+
+def layer_norm(inputs, attrs, weights):
+    axis = attrs["axis"]
+    x = np.moveaxis(inputs[0].astype(np.float64), axis, -1)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + attrs["eps"]) * weights["weight"].astype(np.float64) \
+        + weights["bias"].astype(np.float64)
+    return np.ascontiguousarray(np.moveaxis(y, -1, axis)).astype(np.float32)
+
+
 
 REFERENCES = {name: globals()[name] for name in OPS}
 

@@ -79,6 +79,16 @@ REGISTRY = {
                                 R("group_norm"), masked=False),
 
     # layout-breaking tails, computed whole: permute, expand, matmul
+    "permute":           OpImpl(reference.permute, ops.prepare_permute, R("permute"),
+                                masked=False),
+    "expand":            OpImpl(reference.expand, ops.prepare_expand, R("expand"), masked=False),
+    "matmul":            OpImpl(reference.matmul, ops.prepare_matmul, R("matmul"), masked=False),
+    "pixel_shuffle":     OpImpl(reference.pixel_shuffle, ops.prepare_pixel_shuffle,
+                                receptive.pixel_shuffle),
+    "pixel_unshuffle":   OpImpl(reference.pixel_unshuffle, ops.prepare_pixel_unshuffle,
+                                receptive.pixel_unshuffle),
+    "layer_norm":        OpImpl(reference.layer_norm, ops.prepare_layer_norm,
+                                receptive.layer_norm),
 }
 
 RECEPTIVE_RULES = {name: impl.receptive for name, impl in REGISTRY.items()}

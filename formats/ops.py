@@ -240,9 +240,7 @@ def _reshape_infer(attrs, in_shapes):
     if _numel(shape) != _numel(in_shapes[0]):
         raise SchemaError("shape", f"{shape} has {_numel(shape)} elements, input "
                           f"{tuple(in_shapes[0])} has {_numel(in_shapes[0])}")
-    if shape[0] != in_shapes[0][0]:
-        raise SchemaError("shape", f"batch dimension must stay {in_shapes[0][0]}, got {shape[0]}")
-    return [shape]
+    return [_tail_output(shape)]
 
 
 def _affine_weights(attrs, in_shapes):
@@ -465,6 +463,98 @@ def _group_norm_macs(attrs, in_shapes, out_shapes):
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
+def _tail_output(shape, field="shape"):
+    """Bounds every tail output keeps: rank 1 .. MAX_RANK and N = 1 at rank 4 (dims and
+    element count are every tensor's rule, [G15]). The engine stores a rank-4 tensor as
+    one (H, W, C) image and the incremental path masks its (H, W) positions, so no node
+    may make a rank-4 tensor with N != 1 (the graph input has N = 1; every other op
+    keeps N)."""
+    shape = tuple(shape)
+    if not 1 <= len(shape) <= MAX_RANK:
+        raise SchemaError(field, f"output rank {len(shape)} is not in 1 .. {MAX_RANK}")
+    if len(shape) == 4 and shape[0] != 1:
+        raise SchemaError(field, f"a rank-4 output must have N = 1 (an image), got {shape}")
+    return shape
+
+
+def _permute_infer(attrs, in_shapes):
+    shape, dims = tuple(in_shapes[0]), tuple(attrs["dims"])
+    if sorted(dims) != list(range(len(shape))):
+        raise SchemaError("dims", f"{list(dims)} is not a permutation of the {len(shape)} "
+                          f"axes of input shape {shape}")
+    return [_tail_output([shape[d] for d in dims], "dims")]
+
+
+def _expand_infer(attrs, in_shapes):
+    shape, out = tuple(in_shapes[0]), tuple(attrs["shape"])
+    if len(out) < len(shape):
+        raise SchemaError("shape", f"{out} has fewer axes than input shape {shape}")
+    for d, o in zip(shape[::-1], out[::-1]):
+        if d != o and d != 1:
+            raise SchemaError("shape", f"input shape {shape} does not broadcast to {out}")
+    return [_tail_output(out)]
+
+
+def _matmul_infer(attrs, in_shapes):
+    a, b = (tuple(s) for s in in_shapes)
+    if len(a) != len(b) or not 2 <= len(a) <= MAX_RANK:
+        raise SchemaError("inputs", f"matmul needs two inputs of equal rank 2 .. {MAX_RANK}, "
+                          f"got {a} and {b}")
+    if a[:-2] != b[:-2] or a[-1] != b[-2]:
+        raise SchemaError("inputs", f"shapes {a} and {b} do not multiply: leading axes must be "
+                          f"equal and a's last axis must equal b's second-to-last")
+    return [_tail_output(a[:-1] + b[-1:], "inputs")]
+
+
+def _matmul_macs(attrs, in_shapes, out_shapes):
+    return _numel(out_shapes[0]) * in_shapes[0][-1]
+
+
+def _need_image(in_shapes):
+    _need_rank(in_shapes, (4,))
+    if in_shapes[0][0] != 1:
+        raise SchemaError("input[0]", f"expects an image (1, C, H, W), got {tuple(in_shapes[0])}")
+
+
+def _pixel_shuffle_infer(attrs, in_shapes):
+    _need_image(in_shapes)
+    _, c, h, w = in_shapes[0]
+    r = attrs["upscale"]
+    if c % (r * r):
+        raise SchemaError("upscale", f"input channels {c} not divisible by upscale^2 = {r * r}")
+    return [(1, c // (r * r), h * r, w * r)]
+
+
+def _pixel_unshuffle_infer(attrs, in_shapes):
+    _need_image(in_shapes)
+    _, c, h, w = in_shapes[0]
+    r = attrs["downscale"]
+    if h % r or w % r:
+        raise SchemaError("downscale", f"input H, W = {h}, {w} not divisible by downscale {r}")
+    return [(1, c * r * r, h // r, w // r)]
+
+
+def _layer_norm_axis(attrs, in_shapes):
+    shape, axis = tuple(in_shapes[0]), attrs["axis"]
+    if axis >= len(shape):
+        raise SchemaError("axis", f"axis {axis} out of range for input shape {shape}")
+    return shape[axis]
+
+
+def _layer_norm_weights(attrs, in_shapes):
+    c = _layer_norm_axis(attrs, in_shapes)
+    return {"weight": (c,), "bias": (c,)}
+
+
+def _layer_norm_infer(attrs, in_shapes):
+    _layer_norm_axis(attrs, in_shapes)
+    return [tuple(in_shapes[0])]
+
+
+def _layer_norm_macs(attrs, in_shapes, out_shapes):
+    return 4 * _numel(out_shapes[0])
+
+
 
 _ACTIVATION = {
     "activation": Attr("str", choices=("none", "relu", "clamp"), default="none",
@@ -604,6 +694,27 @@ _SCHEMAS = [
              doc="normalise each group of channels over the group and H, W; affine"),
 
     # layout-breaking tails, computed whole: permute, expand, matmul
+    OpSchema("permute", 60, Category.GLOBAL, (1, 1),
+             {"dims": Attr("ints", None, 0, MAX_RANK - 1,
+                           doc="output axis i is input axis dims[i]")},
+             _no_weights, _permute_infer, doc="torch permute / transpose (a copy)"),
+    OpSchema("expand", 61, Category.GLOBAL, (1, 1),
+             {"shape": Attr("ints", None, 1, MAX_DIM, doc="output shape in torch layout")},
+             _no_weights, _expand_infer, doc="torch expand: broadcast size-1 and new leading axes"),
+    OpSchema("matmul", 62, Category.GLOBAL, (2, 2), {}, _no_weights, _matmul_infer,
+             _matmul_macs, doc="batched matrix product a @ b (torch bmm / mm / matmul)"),
+    OpSchema("pixel_shuffle", 63, Category.WINDOWED, (1, 1),
+             {"upscale": Attr("int", min=1, max=MAX_KERNEL, doc="r")},
+             _no_weights, _pixel_shuffle_infer, doc="(C r^2, H, W) -> (C, H r, W r)"),
+    OpSchema("pixel_unshuffle", 64, Category.WINDOWED, (1, 1),
+             {"downscale": Attr("int", min=1, max=MAX_KERNEL, doc="r")},
+             _no_weights, _pixel_unshuffle_infer, doc="(C, H r, W r) -> (C r^2, H, W)"),
+    OpSchema("layer_norm", 65, Category.ELEMENTWISE, (1, 1),
+             {"axis": Attr("int", min=1, max=MAX_RANK - 1, default=1,
+                           doc="the normalised axis (1: channels at each position)"),
+              "eps": Attr("float", min=0.0, max=1e30, default=1e-5)},
+             _layer_norm_weights, _layer_norm_infer, _layer_norm_macs,
+             doc="normalise over one axis, then per-element weight and bias"),
 ]
 
 OPS = {s.name: s for s in _SCHEMAS}

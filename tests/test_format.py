@@ -482,7 +482,7 @@ FILE_CASES = [
     P(set_node("conv", attr_act_min=6.0, attr_act_max=0.0), "conv", "attrs/act_min",
       id="G13-clamp-bounds"),
     P(set_node("flat", attr_shape=(1, 7)), "flat", "attrs/shape", id="G13-reshape-numel"),
-    P(set_node("flat", attr_shape=(2, 4)), "flat", "attrs/shape", id="G13-reshape-batch"),
+    P(set_node("flat", attr_shape=(2, 4, 1, 1)), "flat", "attrs/shape", id="G13-reshape-batch"),
     P(set_node("add", inputs=["x", "c"]), "add", "inputs", id="G13-add-shapes"),
     P(set_node("fc", inputs=["g"]), "fc", "input[0]", id="G13-linear-rank"),
     P(set_attr(RELU, "outputs", ["c"]), "relu", "outputs", id="G14-produced-twice"),

@@ -345,6 +345,73 @@ def case_group_norm(data):
 
 # --- layout-breaking tails, computed whole: permute, expand, matmul ---------
 
+def _tail_shape(data, lo_rank=2, hi_rank=6, hi=5):
+    """A tensor of rank lo_rank .. hi_rank with small dims (N = 1 at rank 4, as in any
+    valid graph)."""
+    rank = data.draw(st.integers(lo_rank, hi_rank))
+    shape = [data.draw(st.integers(1, hi)) for _ in range(rank)]
+    if rank == 4:
+        shape[0] = 1
+    return tuple(shape)
+
+
+def case_permute(data):
+    shape = _tail_shape(data)
+    dims = tuple(data.draw(st.permutations(range(len(shape)))))
+    return {"dims": dims}, [shape], {}, True
+
+
+def case_expand(data):
+    shape = _tail_shape(data, 1, 5, 3)
+    lead = data.draw(st.lists(st.integers(1, 3), max_size=6 - len(shape)))
+    out = tuple(lead) + tuple(d if d != 1 else data.draw(st.integers(1, 4)) for d in shape)
+    if len(out) == 4:
+        out = (1,) + out[1:]
+    return {"shape": out}, [shape], {}, True
+
+
+def case_matmul(data):
+    rank = data.draw(st.integers(2, 5))
+    lead = [data.draw(st.integers(1, 3)) for _ in range(rank - 2)]
+    if rank == 4:
+        lead[0] = 1
+    m = data.draw(st.sampled_from([1, 2, 7, 49, 101]))
+    k = data.draw(st.sampled_from([1, 3, 16, 33, 330]))
+    n = data.draw(st.sampled_from([1, 5, 31, 40, 70]))
+    return {}, [tuple(lead) + (m, k), tuple(lead) + (k, n)], {}, False
+
+
+def case_pixel_shuffle(data):
+    r = data.draw(st.integers(1, 3))
+    c = r * r * data.draw(st.integers(1, 4))
+    return {"upscale": r}, [(1, c, *_spatial(data, 1, 9))], {}, True
+
+
+def case_pixel_unshuffle(data):
+    r = data.draw(st.integers(1, 3))
+    h, w = _spatial(data, 1, 7)
+    return {"downscale": r}, [(1, data.draw(st.integers(1, 5)), h * r, w * r)], {}, True
+
+
+def case_layer_norm(data):
+    # no edge values: torch's float32 variance overflows where ours (float64) does not;
+    # tests/test_convert_tails.py checks NaN and inf rows against torch
+    c = data.draw(st.integers(1, 40))
+    kind = data.draw(st.sampled_from(["image", "image", "tokens", "vector", "rank5"]))
+    if kind == "image":
+        shape, axis = (1, c, *_spatial(data, 1, 11)), 1
+    elif kind == "tokens":
+        shape, axis = (1, data.draw(st.integers(1, 30)), c), 2
+    elif kind == "vector":
+        shape, axis = (data.draw(st.integers(1, 3)), c), 1
+    else:
+        shape = _tail_shape(data, 5, 5, 4)
+        axis = data.draw(st.integers(1, 4))
+    eps = data.draw(st.sampled_from([1e-5, 1e-6, 0.1, 0.0]))
+    w = {"weight": _array(data, (shape[axis],)), "bias": _array(data, (shape[axis],))}
+    return {"axis": axis, "eps": eps}, [shape], w, False
+
+
 
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
@@ -548,6 +615,20 @@ def _torch_op(op, attrs, weights, ts):
             attrs["num_groups"], attrs["eps"])[0].float()
 
     # layout-breaking tails, computed whole: permute, expand, matmul
+    if op == "permute":
+        return x.permute(attrs["dims"]).contiguous()
+    if op == "expand":
+        return x.expand(attrs["shape"]).contiguous()
+    if op == "matmul":
+        return torch.matmul(ts[0], ts[1])
+    if op == "pixel_shuffle":
+        return F.pixel_shuffle(x, attrs["upscale"])
+    if op == "pixel_unshuffle":
+        return F.pixel_unshuffle(x, attrs["downscale"])
+    if op == "layer_norm":
+        a = attrs["axis"]
+        return F.layer_norm(x.movedim(a, -1), (x.shape[a],), t["weight"], t["bias"],
+                            attrs["eps"]).movedim(-1, a)
     raise KeyError(op)
 
 

@@ -102,6 +102,56 @@ class GraphBuilder:
         return self.add("linear", [r], {"out_features": self.draw(st.integers(1, 6))})
 
 
+# --- layout-breaking tails, computed whole: permute, expand, matmul ---------
+# Spatial makers (pixel shuffle / unshuffle, layer norm over channels), and global tails
+# that come back to a rank-4 tensor later nodes read as an image, or end in a head.
+
+def make_pixel_shuffle(b, x):
+    r = b.draw(st.integers(1, 3))
+    c = b.shapes[x][1]
+    if c % (r * r):
+        x = b.add("conv2d", [x], {"out_channels": r * r * b.draw(st.integers(1, 2)),
+                                  "kernel": (1, 1), "stride": (1, 1), "pads": (0, 0, 0, 0),
+                                  "dilation": (1, 1)})
+    return b.add("pixel_shuffle", [x], {"upscale": r})
+
+
+def make_pixel_unshuffle(b, x):
+    h, w = b.shapes[x][2:]
+    r = b.draw(st.sampled_from([r for r in (1, 2, 3) if h % r == 0 and w % r == 0]))
+    return b.add("pixel_unshuffle", [x], {"downscale": r})
+
+
+def make_layer_norm(b, x):
+    return b.add("layer_norm", [x], {"axis": 1, "eps": b.draw(st.sampled_from([1e-5, 0.5]))})
+
+
+def make_tail(b, x):
+    """A global detour: permute (and back), a Gram-like bmm, an expanded pooled map
+    added back (SE-like), or a YOLO-like head view/permute/view (not spatial: an output)."""
+    _, c, h, w = b.shapes[x]
+    kind = b.draw(st.sampled_from(["permute", "bmm", "expand", "head", "ln_tokens"]))
+    if kind == "permute":
+        y = b.add("permute", [x], {"dims": (0, 2, 3, 1)})
+        return b.add("permute", [y], {"dims": (0, 3, 1, 2)}) if b.draw(st.booleans()) else y
+    if kind == "bmm":
+        a = b.add("reshape", [x], {"shape": (c, h, w)})
+        t = b.add("permute", [a], {"dims": (0, 2, 1)})
+        m = b.add("matmul", [a, t], {})
+        return b.add("reshape", [m], {"shape": (1, c, h, h)})
+    if kind == "expand":
+        g = b.add("global_avg_pool", [x], {"keepdim": 1})
+        e = b.add("expand", [g], {"shape": (1, c, h, w)})
+        return b.add("add", [x, e], {})
+    if kind == "ln_tokens":
+        t = b.add("permute", [b.add("reshape", [x], {"shape": (1, c, h * w)})], {"dims": (0, 2, 1)})
+        return b.add("layer_norm", [t], {"axis": 2})
+    na = b.draw(st.sampled_from([n for n in (1, 2, 3) if c % n == 0]))
+    v = b.add("reshape", [x], {"shape": (1, na, c // na, h, w)})
+    p = b.add("permute", [v], {"dims": (0, 1, 3, 4, 2)})
+    return b.add("reshape", [p], {"shape": (1, na * h * w, c // na)})
+
+
 # --- random nodes: one maker per op, ``maker(builder, x) -> tensor name or None`` ------
 # ``x`` is a spatial tensor of the graph drawn so far; a maker returns None when its
 # draw does not fit (builder.add returns None for attributes the schema refuses).
@@ -210,6 +260,11 @@ MAKERS_WEIGHTED = {
     "concat": (make_concat, 1),
     "upsample_nearest": (lambda b, x: make_resize(b, x, "upsample_nearest"), 1),
     "upsample_bilinear": (lambda b, x: make_resize(b, x, "upsample_bilinear"), 1),
+    # layout-breaking tails, computed whole: permute, expand, matmul
+    "pixel_shuffle": (make_pixel_shuffle, 1),
+    "pixel_unshuffle": (make_pixel_unshuffle, 1),
+    "layer_norm": (make_layer_norm, 1),
+    "tail": (make_tail, 3),
     # broadcasting arithmetic (add, sub, mul, div)
     "add": (lambda b, x: make_binary(b, x, "add"), 1),
     "sub": (lambda b, x: make_binary(b, x, "sub"), 1),
