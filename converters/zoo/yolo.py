@@ -1,14 +1,14 @@
 """A YOLOv5-style detector (ultralytics' v6.0 layout, module names cv1/cv2/cv3/m/bn/act):
 Conv-BN-SiLU, C3 blocks, SPPF (three chained 5x5 max pools), an FPN+PAN neck of nearest
 upsampling and concatenation, and three detection outputs, each decoded into boxes
-(sigmoid, grid offsets and anchor scaling from constant buffers, a square), returned as a
+(sigmoid, grid offsets and anchor scaling from constant tensors, a square), returned as a
 tuple.
 
 The neck upsamples to the size of the map it is concatenated with, so any input size
-works (not only multiples of 32). The decoding grids are buffers for the input size the
-model was built for (``img_size``); an eager forward at another size rebuilds them, as
-ultralytics does; an export at another size asks for ``img_size`` instead, since the grids
-must be constants of the exported program.
+works (not only multiples of 32). The anchors are constants of the architecture, and the
+decoding grids constants of the input size the model was built for (``img_size``); an
+eager forward at another size rebuilds them, as ultralytics does; an export at another
+size asks for ``img_size`` instead, since the grids must be constants of the program.
 """
 
 import math
@@ -97,28 +97,30 @@ class Detect(nn.Module):
         self.nc, self.no, self.na = nc, nc + 5, len(anchors[0]) // 2
         self.strides = tuple(strides)
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in channels)
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32)
-                             .view(len(anchors), self.na, 2))
+        # constants of the architecture, not weights: not in the state dict
+        self.anchors = torch.tensor(anchors, dtype=torch.float32).view(len(anchors), self.na, 2)
         self._build_grids(img_size)
 
     def _build_grids(self, img_size):
+        # Plain tensor attributes, as in ultralytics: constants of the input size, not
+        # weights (not in the state dict) and left alone by .to(memory_format=...).
         h, w = img_size
+        self.grid, self.anchor_grid = [], []
         for i, s in enumerate(self.strides):
             ny, nx = _level_size(h, s), _level_size(w, s)
             yv, xv = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
             grid = np.stack((xv, yv), -1).astype(np.float32) - 0.5   # 2 sigmoid - 0.5
             grid = np.broadcast_to(grid, (1, self.na, ny, nx, 2))
             anchor = self.anchors[i].view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
-            # the decoding constants depend on the input size only: not saved with the weights
-            self.register_buffer(f"grid{i}", torch.from_numpy(grid.copy()), persistent=False)
-            self.register_buffer(f"anchor_grid{i}", anchor.clone(), persistent=False)
+            self.grid.append(torch.from_numpy(grid.copy()))
+            self.anchor_grid.append(anchor.clone())
 
     def forward(self, feats):
         sizes = [tuple(f.shape[2:]) for f in feats]
-        if any(tuple(getattr(self, f"grid{i}").shape[2:4]) != sz for i, sz in enumerate(sizes)):
+        if any(tuple(g.shape[2:4]) != sz for g, sz in zip(self.grid, sizes)):
             if torch.compiler.is_exporting():
-                raise ValueError(f"the detector's grids are for another input size than "
-                                 f"this export's: build it with img_size=(H, W) of the input")
+                raise ValueError("the detector's grids are for another input size than "
+                                 "this export's: build it with img_size=(H, W) of the input")
             # the level sizes follow from the stride-8 map's alone
             self._build_grids(tuple(n * self.strides[0] for n in sizes[0]))
         out = []
@@ -128,8 +130,8 @@ class Detect(nn.Module):
             x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             y = x.sigmoid()
             xy, wh, conf = y.split((2, 2, self.nc + 1), 4)
-            xy = (xy * 2 + getattr(self, f"grid{i}")) * self.strides[i]
-            wh = (wh * 2) ** 2 * getattr(self, f"anchor_grid{i}")
+            xy = (xy * 2 + self.grid[i]) * self.strides[i]
+            wh = (wh * 2) ** 2 * self.anchor_grid[i]
             out.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * ny * nx, self.no))
         return tuple(out)
 
