@@ -101,6 +101,15 @@ class Detect(nn.Module):
         self.anchors = torch.tensor(anchors, dtype=torch.float32).view(len(anchors), self.na, 2)
         self._build_grids(img_size)
 
+    def initialize_biases(self, image_size=640):
+        """ultralytics' prior for the head: objectness ~8 objects per 640 image, class
+        probability ~0.6 / nc (arXiv:1708.02002 section 3.3)."""
+        with torch.no_grad():
+            for conv, s in zip(self.m, self.strides):
+                b = conv.bias.view(self.na, self.no)
+                b[:, 4] += math.log(8 / (image_size / s) ** 2)
+                b[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
+
     def _build_grids(self, img_size):
         # Plain tensor attributes, as in ultralytics: constants of the input size, not
         # weights (not in the state dict) and left alone by .to(memory_format=...).
@@ -153,10 +162,9 @@ class YOLO(nn.Module):
         self.lat4, self.td3 = Conv(c[3], c[2], 1), C3(2 * c[2], c[2], n(3), False)
         self.bu3, self.pan4 = Conv(c[2], c[2], 3, 2), C3(2 * c[2], c[3], n(3), False)
         self.bu4, self.pan5 = Conv(c[3], c[3], 3, 2), C3(2 * c[3], c[4], n(3), False)
+        # ultralytics keeps PyTorch's default conv initialisation (kaiming-uniform, a=sqrt(5))
         self.detect = Detect(nc, (c[2], c[3], c[4]), img_size)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.detect.initialize_biases()
 
     @staticmethod
     def _up(x, like):
