@@ -17,6 +17,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
+# the zoo (framedelta.converters.zoo), in the order the tables list it
+MODELS = ["resnet18", "mobilenet_v2", "unet", "mobilenet_v3_small", "efficientnet_b0",
+          "deeplabv3", "yolo", "fcn"]
+
+
+def zoo_model(name, h, w):
+    """``ZOO[name]`` for (h, w) inputs: the detector's decoding grids are constants of
+    the input size, so it is built for it."""
+    from framedelta.converters.zoo import ZOO
+    return ZOO[name](**({"img_size": (h, w)} if name == "yolo" else {}))
+
+
+def as_outputs(y):
+    """A model's outputs as a list of numpy arrays (several come back as a tuple or list)."""
+    import numpy as np
+    ys = list(y) if isinstance(y, (tuple, list)) else [y]
+    return [np.asarray(v.detach().numpy() if hasattr(v, "detach") else v) for v in ys]
+
 
 def _cpu_jiffies():
     with open("/proc/stat") as f:

@@ -1,6 +1,6 @@
 """Dense speed: framedelta vs PyTorch eager vs onnxruntime, side by side in one run.
 
-    python benchmarks/dense.py                 # the three zoo models at 1x3x360x480
+    python benchmarks/dense.py                 # every zoo model at 1x3x360x480
     python benchmarks/dense.py --rounds 30 --models unet --update-readme
 
 For each model: convert it to framedelta, export it to ONNX (TorchScript exporter),
@@ -20,26 +20,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, interleaved, machine_facts, median_ms,  # noqa: E402
-                    onnxruntime_session, replace_section, write_json)
-
-MODELS = ["resnet18", "mobilenet_v2", "unet"]
+from common import (MODELS, ROOT, as_outputs, interleaved, machine_facts,  # noqa: E402
+                    median_ms, onnxruntime_session, replace_section, write_json, zoo_model)
 
 
 def build_engines(name, shape, n_threads, tmp):
     import torch
 
     import framedelta as fd
-    from framedelta.converters.zoo import ZOO
-
-    net = ZOO[name]()
+    net = zoo_model(name, *shape[2:])
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     path = Path(tmp) / f"{name}.h5"
     fd.convert(net, x, path)
     model = fd.load(path, n_threads=n_threads)
     sess = onnxruntime_session(net, x, Path(tmp) / f"{name}.onnx", n_threads)
     xn = x.numpy()
-    net_cl = ZOO[name]().to(memory_format=torch.channels_last)
+    net_cl = zoo_model(name, *shape[2:]).to(memory_format=torch.channels_last)
     net_cl.load_state_dict(net.state_dict())
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
@@ -57,10 +53,13 @@ def build_engines(name, shape, n_threads, tmp):
     }
     # the comparison is only meaningful if they compute the same thing
     with torch.no_grad():
-        ref = net(x).numpy()
+        refs = as_outputs(net(x))
     for engine in ("framedelta", "onnxruntime"):
-        y = np.asarray(engines[engine]() if engine == "framedelta" else engines[engine]()[0])
-        err = float(np.abs(y - ref).max() / (1 + np.abs(ref).max()))
+        ys = as_outputs(engines[engine]())
+        if len(ys) != len(refs):
+            raise RuntimeError(f"{name}: {engine} has {len(ys)} outputs, torch {len(refs)}")
+        err = max(float(np.abs(y - ref).max() / (1 + np.abs(ref).max()))
+                  for y, ref in zip(ys, refs))
         if err > 1e-3:
             raise RuntimeError(f"{name}: {engine} differs from torch by {err:.2e}")
     return engines

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_facts, write_json  # noqa: E402
-from video import DEFAULT_VIDEO, IMAGENET, MODELS  # noqa: E402
+from common import MODELS, machine_facts, write_json, zoo_model  # noqa: E402
+from video import DEFAULT_VIDEO, IMAGENET  # noqa: E402
 
 
 def measure(model, frames, threshold, detector):
@@ -60,7 +60,6 @@ def main(argv=None):
     import torch
 
     import framedelta as fd
-    from framedelta.converters.zoo import ZOO
     from framedelta.formats import Preprocess
     from framedelta.scenes import video_frames
     frames = list(video_frames(args.video, args.frames))
@@ -69,7 +68,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = Path(tmp) / f"{name}.h5"
-            fd.convert(ZOO[name](), torch.rand(1, 3, h, w), path,
+            fd.convert(zoo_model(name, h, w), torch.rand(1, 3, h, w), path,
                        preprocess=Preprocess(**IMAGENET))
             model = fd.load(path)
             for det in ("pixel", "block"):

@@ -6,8 +6,9 @@
 
 Two inputs: a real fixed-camera clip (../shared/data/vtest.avi by default, or any
 video by path) and a synthetic sweep of changed area (moving objects covering 0.5% to
-50% of the frame). For each model (ResNet-18, MobileNetV2, the U-Net at 1x3x360x480,
-uint8 frames, ImageNet preprocessing) it steps one stream per detector (`pixel` and
+50% of the frame). For each model (the zoo: ResNet-18, MobileNetV2, the U-Net,
+MobileNetV3-small, EfficientNet-B0, DeepLabV3, the YOLO detector and the FCN, at the
+clip's size, 1x3x360x480 for vtest; uint8 frames, ImageNet preprocessing) it steps one stream per detector (`pixel` and
 `block` 16, threshold 8 in pixel units) over every frame, and times the dense engines
 (framedelta dense, PyTorch eager, onnxruntime) every ``--dense-every`` frames, all
 interleaved in one process. Reports mean ms/frame (first frame excluded), speed-up vs
@@ -26,10 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, RESULTS, LoadMeter, machine_facts,  # noqa: E402
-                    onnxruntime_session, replace_section, write_json)
-
-MODELS = ["resnet18", "mobilenet_v2", "unet"]
+from common import (MODELS, ROOT, RESULTS, LoadMeter, machine_facts,  # noqa: E402
+                    onnxruntime_session, replace_section, write_json, zoo_model)
 IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 SWEEP = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
@@ -39,10 +38,9 @@ def build(name, h, w, n_threads, tmp):
     import torch
 
     import framedelta as fd
-    from framedelta.converters.zoo import ZOO
     from framedelta.formats import Preprocess
 
-    net = ZOO[name]()
+    net = zoo_model(name, h, w)
     x = torch.rand(1, 3, h, w)
     path = Path(tmp) / f"{name}.h5"
     fd.convert(net, x, path, preprocess=Preprocess(**IMAGENET))
