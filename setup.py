@@ -79,7 +79,7 @@ def extensions():
         f"framedelta.engine.{name}",
         [f"engine/{name}.pyx"],
         include_dirs=[numpy.get_include(), "engine"],
-        depends=["engine/gemm.h"],
+        depends=sorted(glob.glob("engine/*.h") + glob.glob("engine/*.pxi")),
         extra_compile_args=compile_args,
         extra_link_args=omp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -162,6 +162,8 @@ def main(argv=None):
     p.add_argument("--threshold", type=float, default=8.0)
     p.add_argument("--dense-every", type=int, default=10)
     p.add_argument("--update-readme", action="store_true")
+    p.add_argument("--out", default="video", help="results name: benchmarks/results/OUT.json "
+                   "and the README section OUT-table (keeps other runs' results)")
     args = p.parse_args(argv)
 
     import torch
@@ -194,24 +196,28 @@ def main(argv=None):
                     sweep_rows.append(r)
                     print(table([r]).split("\n")[-2:], flush=True)
     facts = machine_facts(args.threads)
-    out = write_json("video", {"benchmark": "video", "machine": facts, "threshold":
+    out = write_json(args.out, {"benchmark": "video", "machine": facts, "threshold":
                                args.threshold, "clip": rows, "sweep": sweep_rows})
     text = table(rows + sweep_rows)
     print(text)
     print(f"wrote {out}")
+    sweep_png = f"{args.out}_sweep.png"
     if sweep_rows:
-        plot(sweep_rows, RESULTS / "video_sweep.png")
-        print(f"wrote {RESULTS / 'video_sweep.png'}")
+        plot(sweep_rows, RESULTS / sweep_png)
+        print(f"wrote {RESULTS / sweep_png}")
     if args.update_readme:
-        note = (f"Measured with `python benchmarks/video.py --frames {args.frames}` on "
+        cmd = " ".join(["python benchmarks/video.py"] + (argv if argv is not None
+                                                         else sys.argv[1:]))
+        note = (f"Measured with `{cmd}` on "
                 f"{facts['cpu_model']}, {args.threads} threads, uint8 frames 360x480, "
                 f"threshold {args.threshold:g} (pixel units), commit "
                 f"{(facts['git_commit'] or '?')[:10]}. Incremental: mean ms/frame over "
                 "the clip after the first frame; dense engines: medians of runs "
                 "interleaved with the streams. MAC bound = dense MACs / incremental MACs; "
-                "'of bound' = realised speed-up vs our dense / MAC bound.\n\n"
-                "![speed-up vs changed area](results/video_sweep.png)\n\n")
-        replace_section(ROOT / "benchmarks" / "README.md", "video-table", note + text)
+                "'of bound' = realised speed-up vs our dense / MAC bound.\n\n")
+        if sweep_rows:
+            note += f"![speed-up vs changed area](results/{sweep_png})\n\n"
+        replace_section(ROOT / "benchmarks" / "README.md", f"{args.out}-table", note + text)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,7 @@ cdef extern from *:
     int fd_openmp_enabled() nogil
     int fd_max_threads() nogil
 
-# Activation codes shared with the engine (engine/plan.py: ACTIVATIONS).
-DEF ACT_NONE = 0
-DEF ACT_RELU = 1
-DEF ACT_CLAMP = 2
+include "_act.pxi"
 
 
 def openmp_enabled():
@@ -50,18 +47,6 @@ def openmp_enabled():
 def max_threads():
     """OpenMP's default team size (all cores unless OMP_NUM_THREADS says otherwise)."""
     return fd_max_threads()
-
-
-cdef inline float _act(float v, int act, float lo, float hi) noexcept nogil:
-    # Comparisons, not fmaxf/fminf: NaN must stay NaN, as in torch.
-    if act == ACT_RELU:
-        return 0.0 if v < 0 else v
-    if act == ACT_CLAMP:
-        if v < lo:
-            return lo
-        if v > hi:
-            return hi
-    return v
 
 
 # --- convolution -----------------------------------------------------------------

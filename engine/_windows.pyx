@@ -28,29 +28,13 @@ cdef extern from "gemm.h" nogil:
                                const float *Bp, int n0, int n1, const float *bias,
                                float *C, int ldc, int act, float lo, float hi)
 
-# Activation codes shared with the engine (engine/ops.py: ACTIVATIONS).
-cdef enum:
-    ACT_NONE = 0
-    ACT_RELU = 1
-    ACT_CLAMP = 2
+include "_act.pxi"
 
 # Pooling modes (engine/ops.py: POOL_MODES).
 cdef enum:
     POOL_MAX = 0        # max; NaN propagates
     POOL_AVG = 1        # sum / (divisor, or ny * nx)          (torch's avg_pool2d)
     POOL_AVG_AXES = 2   # sum / ny / nx                         (torch's adaptive_avg_pool2d)
-
-
-cdef inline float _act(float v, int act, float lo, float hi) noexcept nogil:
-    # Comparisons, not fmaxf/fminf: NaN must stay NaN, as in torch (and as gemm.h does).
-    if act == ACT_RELU:
-        return 0.0 if v < 0 else v
-    if act == ACT_CLAMP:
-        if v < lo:
-            return lo
-        if v > hi:
-            return hi
-    return v
 
 
 # --- transposed convolution --------------------------------------------------------

@@ -29,6 +29,8 @@ from framedelta.converters.zoo import ZOO, randomize_bn, unet  # noqa: E402
 THIS_FILE = Path(__file__).name
 
 
+# Each test module has its own Net: torch records the forward's line, not the lambda's,
+# so an error names this file only when forward is written here.
 class Net(nn.Module):
     """forward(x) = fn(self, x), with ``mods`` as submodules (BN randomized)."""
 
