@@ -19,6 +19,11 @@ arithmetic in torch's order of operations; never -ffast-math (setup.py).
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, erff, expf, log, pow, sqrtf, tanhf
 
+cdef extern from "vexp.h" nogil:
+    float fd_expf(float x)
+    void fd_sigmoid_row(const float *x, float *o, int n)
+    void fd_silu_row(const float *x, float *o, int n)
+
 # Unary op codes shared with engine/ops.py (UNARY).
 DEF U_LEAKY_RELU = 0
 DEF U_SIGMOID = 1
@@ -66,11 +71,11 @@ cdef inline float _unary(float v, int op, float a) noexcept nogil:
     if op == U_LEAKY_RELU:
         return v if v > ZERO else v * a
     if op == U_SIGMOID:
-        return ONE / (ONE + expf(-v))
+        return ONE / (ONE + fd_expf(-v))
     if op == U_TANH:
         return tanhf(v)
     if op == U_SILU:
-        return v / (ONE + expf(-v))
+        return v / (ONE + fd_expf(-v))
     if op == U_HARDSWISH:
         return v * _relu6_of_x_plus_3(v) / SIX
     if op == U_HARDSIGMOID:
@@ -110,10 +115,18 @@ def unary(const float[:, ::1] x, float[:, ::1] out, int op, float a, int n_threa
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef Py_ssize_t k, p
     cdef int c
+    if C == 0:
+        return
     for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
         p = pp[k] if pp != NULL else k
-        for c in range(C):
-            out[p, c] = _unary(x[p, c], op, a)
+        # the exp-based ops as whole rows, which vectorise (engine/vexp.h)
+        if op == U_SILU:
+            fd_silu_row(&x[p, 0], &out[p, 0], C)
+        elif op == U_SIGMOID:
+            fd_sigmoid_row(&x[p, 0], &out[p, 0], C)
+        else:
+            for c in range(C):
+                out[p, c] = _unary(x[p, c], op, a)
 
 
 def prelu(const float[:, :, ::1] x, const float[::1] slope, float[:, :, ::1] out,
