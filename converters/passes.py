@@ -222,6 +222,21 @@ def _replace(graph, node, op, x, attrs=None, weights=None, remove=()):
         graph.nodes.remove(other)
 
 
+def _fuse_x_times(graph, users, producers, node, gate, op):
+    """``node`` = x * gate(x), either operand order, the gate read by ``node`` alone:
+    ``node`` becomes op(x) and the gate goes. Returns whether it did."""
+    pair = _product(node)
+    if pair is None:
+        return False
+    for x, g in (pair, pair[::-1]):
+        gate_node = producers.get(g)
+        if (gate_node is not None and gate_node.op == gate and gate_node.inputs[0] == x
+                and _only_reader(graph, users, g, node)):
+            _replace(graph, node, op, x, remove=[gate_node])
+            return True
+    return False
+
+
 def fuse_hardswish(graph):
     """hardsigmoid: relu6(x + 3) / 6 (F.hardsigmoid decomposed, F.relu6(x + 3) / 6, or
     * (1/6)); hardswish: x * relu6(x + 3) / 6 (F.hardswish decomposed, the manual
@@ -250,14 +265,8 @@ def fuse_hardswish(graph):
                     _replace(graph, node, "hardswish", x, remove=found[1] + [prod])
                     n += 1
                     break
-        elif _product(node) is not None:
-            for x, h in (node.inputs, node.inputs[::-1]):
-                hs = producers.get(h)
-                if (hs is not None and hs.op == "hardsigmoid" and hs.inputs[0] == x
-                        and _only_reader(graph, users, h, node)):
-                    _replace(graph, node, "hardswish", x, remove=[hs])
-                    n += 1
-                    break
+        elif _fuse_x_times(graph, users, producers, node, "hardsigmoid", "hardswish"):
+            n += 1
     return n
 
 
@@ -265,19 +274,8 @@ def fuse_silu(graph):
     """x * sigmoid(x), either operand order (F.silu and nn.SiLU decompose to it), the
     sigmoid read only by that mul and not returned: one silu."""
     users, producers = _users(graph), _producers(graph)
-    n = 0
-    for node in list(graph.nodes):
-        pair = _product(node)
-        if pair is None:
-            continue
-        for x, s in (pair, pair[::-1]):
-            sig = producers.get(s)
-            if (sig is not None and sig.op == "sigmoid" and sig.inputs[0] == x
-                    and _only_reader(graph, users, s, node)):
-                _replace(graph, node, "silu", x, remove=[sig])
-                n += 1
-                break
-    return n
+    return sum(_fuse_x_times(graph, users, producers, node, "sigmoid", "silu")
+               for node in list(graph.nodes))
 
 
 def fuse_prelu(graph):

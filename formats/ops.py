@@ -138,21 +138,31 @@ _WINDOW_ATTRS = {
 
 # --- conv2d ----------------------------------------------------------------------
 
-def _conv_weights(attrs, in_shapes):
+def _conv_channels(attrs, in_shapes):
+    """(cin, groups, cout) of conv2d and conv_transpose2d, both divisible by groups."""
     _need_rank(in_shapes, (4,))
     cin, g, cout = in_shapes[0][1], attrs["groups"], attrs["out_channels"]
     if cin % g:
         raise SchemaError("groups", f"input channels {cin} not divisible by groups {g}")
     if cout % g:
         raise SchemaError("groups", f"out_channels {cout} not divisible by groups {g}")
+    return cin, g, cout
+
+
+def _check_fused_activation(attrs):
+    if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
+        raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
+
+
+def _conv_weights(attrs, in_shapes):
+    cin, g, cout = _conv_channels(attrs, in_shapes)
     kh, kw = attrs["kernel"]
     return {"weight": (cout, cin // g, kh, kw), "bias": (cout,)}
 
 
 def _conv_infer(attrs, in_shapes):
     _need_rank(in_shapes, (4,))
-    if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
-        raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
+    _check_fused_activation(attrs)
     oh, ow = _window_shape(attrs, in_shapes[0], pads_inside=False)
     return [(in_shapes[0][0], attrs["out_channels"], oh, ow)]
 
@@ -347,20 +357,14 @@ def conv_transpose_out(size, k, s, p0, p1, d, op):
 
 
 def _conv_transpose_weights(attrs, in_shapes):
-    _need_rank(in_shapes, (4,))
-    cin, g, cout = in_shapes[0][1], attrs["groups"], attrs["out_channels"]
-    if cin % g:
-        raise SchemaError("groups", f"input channels {cin} not divisible by groups {g}")
-    if cout % g:
-        raise SchemaError("groups", f"out_channels {cout} not divisible by groups {g}")
+    cin, g, cout = _conv_channels(attrs, in_shapes)
     kh, kw = attrs["kernel"]
     return {"weight": (cin, cout // g, kh, kw), "bias": (cout,)}
 
 
 def _conv_transpose_infer(attrs, in_shapes):
     _need_rank(in_shapes, (4,))
-    if attrs["activation"] == "clamp" and not attrs["act_min"] <= attrs["act_max"]:
-        raise SchemaError("act_min", f"act_min {attrs['act_min']} > act_max {attrs['act_max']}")
+    _check_fused_activation(attrs)
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     pt, pl, pb, pr = attrs["pads"]
     oph, opw = attrs["output_padding"]
