@@ -9,9 +9,14 @@ next to each other, which is what im2col and the depthwise loops want.
 import numpy as np
 
 
+def is_image(shape):
+    """(1, C, H, W): the engine holds it as an (H, W, C) array."""
+    return len(shape) == 4 and shape[0] == 1
+
+
 def internal_shape(shape):
     shape = tuple(shape)
-    if len(shape) == 4 and shape[0] == 1:
+    if is_image(shape):
         return (shape[2], shape[3], shape[1])
     if len(shape) == 2 and shape[0] == 1:
         return (shape[1],)
@@ -21,7 +26,7 @@ def internal_shape(shape):
 def to_internal(x, shape):
     """Torch-layout array of ``shape`` -> a new engine-layout float32 array."""
     shape = tuple(shape)
-    if len(shape) == 4 and shape[0] == 1:
+    if is_image(shape):
         return np.ascontiguousarray(np.asarray(x, np.float32).reshape(shape)[0].transpose(1, 2, 0))
     return np.ascontiguousarray(np.asarray(x, np.float32).reshape(internal_shape(shape)))
 
@@ -29,6 +34,6 @@ def to_internal(x, shape):
 def to_torch(a, shape):
     """Engine-layout array -> torch-layout array of ``shape`` (a view when it can be)."""
     shape = tuple(shape)
-    if len(shape) == 4 and shape[0] == 1:
+    if is_image(shape):
         return a.transpose(2, 0, 1)[None]
     return a.reshape(shape)

@@ -14,9 +14,13 @@ both paths, so that a run is just kernel calls.
 
 import numpy as np
 
+from . import _activations as A
 from . import _elementwise as E
 from . import _kernels as K
-from .layout import to_internal, to_torch
+from . import _rearrange
+from . import _tails as T
+from . import _windows as W
+from .layout import internal_shape, is_image, to_internal, to_torch
 
 ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2}
 
@@ -200,7 +204,7 @@ def prepare_concat(node, attrs, in_shapes, out_shape):
         def run(inputs, out, n_threads, pix=None):
             K.concat_channels([positions(a) for a in inputs], positions(out), n_threads, pix)
         return run
-    if len(out_shape) == 4 and out_shape[0] == 1:
+    if is_image(out_shape):
         # H or W of an image (engine axes 0, 1): a gather from per-row/column tables
         axis -= 2
         sizes = [s[2 + axis] for s in in_shapes]
@@ -285,11 +289,6 @@ def prepare_reshape(node, attrs, in_shapes, out_shape):
 
 # --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
 
-def is_image(shape):
-    """(1, C, H, W): the engine holds it as an (H, W, C) array."""
-    return len(shape) == 4 and shape[0] == 1
-
-
 def broadcast_strides(shape, out_shape):
     """Element strides over the output's engine axes (y, x, c) of a C-contiguous
     engine-layout image of torch ``shape``; 0 along the axes it broadcasts over."""
@@ -338,10 +337,6 @@ prepare_add = prepare_sub = prepare_mul = prepare_div = _prepare_binary
 
 
 # --- activations and softmax ------------------------------------------------
-
-# imported here, not at the top, so that each op family's code stays in its section
-from . import _activations as A  # noqa: E402
-from .layout import internal_shape  # noqa: E402
 
 UNARY = A.unary_codes()
 
@@ -420,7 +415,7 @@ def prepare_prelu(node, attrs, in_shapes, out_shape):
 
 def is_channel_softmax(attrs, shape):
     """Softmax over the channels of an image: per position, computed where dirty."""
-    return len(shape) == 4 and shape[0] == 1 and attrs["axis"] == 1
+    return is_image(shape) and attrs["axis"] == 1
 
 
 def _prepare_softmax(attrs, out_shape, log_):
@@ -452,17 +447,11 @@ def prepare_log_softmax(node, attrs, in_shapes, out_shape):
 
 # --- windows: transposed conv, average pools --------------------------------
 
-def _windows():
-    from . import _windows as W
-    return W
-
-
 def pack_conv_transpose_weight(w, groups, stride, dilation):
     """(Cin, Cout/g, KH, KW) torch layout -> the packed weights of _windows.conv_transpose2d:
     per stride phase (ry, rx), row-major, and per group, the (ny * nx * Cin/g, Cout/g)
     matrix of the phase's taps in im2col order (tap row, tap column, input channel),
     gemm-packed. Phases that no tap reaches hold nothing."""
-    W = _windows()
     cin, og, kh, kw = w.shape
     cg = cin // groups
     ys, _, yt = W.phase_tables(kh, stride[0], dilation[0])
@@ -486,7 +475,6 @@ def pack_conv_transpose_weight(w, groups, stride, dilation):
 
 
 def prepare_conv_transpose2d(node, attrs, in_shapes, out_shape, m_tile=None):
-    W = _windows()
     kh, kw, sh, sw, pt, pl, dh, dw, act, lo, hi = _conv_common(attrs)
     g = attrs["groups"]
     if is_depthwise(attrs, in_shapes):
@@ -540,7 +528,6 @@ def adaptive_tables(out_size, in_size):
 
 
 def _prepare_pool(rows, cols, divisor, mode):
-    W = _windows()
 
     def run(inputs, out, n_threads, pix=None):
         W.window_pool(inputs[0], out, *rows, *cols, divisor, mode, n_threads, pix)
@@ -575,8 +562,6 @@ def prepare_adaptive_max_pool2d(node, attrs, in_shapes, out_shape):
 
 # --- rearranging and normalising: pad, pixel shuffle, slice, norms ----------
 
-from . import _rearrange  # noqa: E402  (kept beside the ops that use it)
-
 
 def prepare_pad(node, attrs, in_shapes, out_shape):
     pt, pl, _, _ = attrs["pads"]
@@ -590,7 +575,7 @@ def prepare_pad(node, attrs, in_shapes, out_shape):
 def prepare_slice(node, attrs, in_shapes, out_shape):
     axis, start, end, step = attrs["axis"], attrs["start"], attrs["end"], attrs["step"]
     in_shape = tuple(in_shapes[0])
-    if len(in_shape) == 4 and in_shape[0] == 1:
+    if is_image(in_shape):
         def run(inputs, out, n_threads, pix=None):
             _rearrange.slice_image(inputs[0], out, axis, start, step, n_threads, pix)
         return run
@@ -636,7 +621,6 @@ def prepare_expand(node, attrs, in_shapes, out_shape):
 
 
 def prepare_matmul(node, attrs, in_shapes, out_shape):
-    from . import _tails as T
     (sa, sb) = in_shapes
     m, k, n = sa[-2], sa[-1], sb[-1]
     batch = int(np.prod(sa[:-2], dtype=np.int64))
@@ -660,7 +644,6 @@ def prepare_matmul(node, attrs, in_shapes, out_shape):
 
 
 def prepare_pixel_shuffle(node, attrs, in_shapes, out_shape):
-    from . import _tails as T
     r = attrs["upscale"]
 
     def run(inputs, out, n_threads, pix=None):
@@ -669,7 +652,6 @@ def prepare_pixel_shuffle(node, attrs, in_shapes, out_shape):
 
 
 def prepare_pixel_unshuffle(node, attrs, in_shapes, out_shape):
-    from . import _tails as T
     r = attrs["downscale"]
 
     def run(inputs, out, n_threads, pix=None):
@@ -678,7 +660,6 @@ def prepare_pixel_unshuffle(node, attrs, in_shapes, out_shape):
 
 
 def prepare_layer_norm(node, attrs, in_shapes, out_shape):
-    from . import _tails as T
     w = np.ascontiguousarray(node.weights["weight"], np.float32)
     b = np.ascontiguousarray(node.weights["bias"], np.float32)
     eps, shape, axis = float(attrs["eps"]), tuple(in_shapes[0]), attrs["axis"]

@@ -75,7 +75,8 @@ def softmax(attrs, in_shapes, out_shape):
     """softmax and log_softmax: over the channels of an image each position reads its
     own channels (SAME); over any other axis, or of a non-image tensor, an output reads
     a whole line of the input: global, computed whole."""
-    return SAME if len(out_shape) == 4 and out_shape[0] == 1 and attrs["axis"] == 1 else None
+    from .ops import is_channel_softmax
+    return SAME if is_channel_softmax(attrs, out_shape) else None
 
 
 # --- windows: transposed conv, average pools --------------------------------
