@@ -11,7 +11,6 @@ from . import Data, rule
 # --- broadcasting arithmetic (add, sub, mul, div) ---------------------------
 
 _NUMPY_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
-_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 def _constant_operand(ctx, value, rank, arg):
