@@ -130,17 +130,20 @@ class Model:
                          for t in self.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
 
-    def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None):
+    def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None,
+               check_every=None):
         """A new stream (one camera) with its own caches; see :class:`Stream`.
 
         ``threshold``: a position counts as changed when the max over channels of
         |x - reference| exceeds it (pixel units for uint8 frames). ``detector``:
         "pixel", or "block" (a block x block tile changes whole when its mean
-        max-over-channels change exceeds the threshold).
+        max-over-channels change exceeds the threshold). ``check_every``: every N
+        steps, run the model densely on the reference input and report the output's
+        deviation from it in ``last_stats.check`` (:class:`checks.Deviation`).
         """
         from .stream import Stream
         return Stream(self, threshold=threshold, detector=detector, block=block,
-                      n_threads=n_threads)
+                      n_threads=n_threads, check_every=check_every)
 
     def incremental_plan(self):
         """Per node: dense and masked kernels, receptive-field ranges, MACs (built once)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _masks as I
+from .checks import deviation
 from .layout import internal_shape, to_internal, to_torch
 from .receptive import SAME
 
@@ -52,8 +53,9 @@ class StepStats:
     input_changed_fraction: float
     macs: int                  # multiply-accumulates this step did
     dense_macs: int            # what a dense pass does
-    seconds: float
+    seconds: float             # the step, without the check below
     nodes: list = field(default_factory=list)
+    check: object = None       # checks.Deviation from the exact result, on check steps
 
     @property
     def mac_ratio(self):
@@ -64,7 +66,8 @@ class StepStats:
 class Stream:
     """Incremental execution of one model on one camera. Make it with ``model.stream()``."""
 
-    def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None):
+    def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None,
+                 check_every=None):
         from .model import effective_n_threads
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) \
                 or not math.isfinite(threshold) or threshold < 0:
@@ -73,7 +76,12 @@ class Stream:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
         if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
             raise ValueError(f"block must be a positive integer, got {block!r}")
+        if check_every is not None and (isinstance(check_every, bool) or not isinstance(
+                check_every, (int, np.integer)) or check_every < 1):
+            raise ValueError(f"check_every must be None or a positive integer, got {check_every!r}")
         self.model = model
+        self.check_every = None if check_every is None else int(check_every)
+        self.last_check = None    # the latest checks.Deviation measured
         self.threshold = float(threshold)
         self.detector = detector
         self.block = int(block)
@@ -100,6 +108,7 @@ class Stream:
         self._started = False
         self._ref_frame = None
         self._frames = None
+        self._n_steps = 0
 
     @property
     def reference_input(self):
@@ -143,11 +152,16 @@ class Stream:
             self.last_change_mask = (np.zeros(self._diff.shape, bool) if changed is None
                                      else changed.astype(bool))
             stats.input_changed_fraction = self._n_changed / self._diff.size
-        stats.seconds = time.perf_counter() - t0
-        self.last_stats = stats
         outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
                      for t in self.model.graph.outputs)
-        return outs[0] if len(outs) == 1 else outs
+        outs = outs[0] if len(outs) == 1 else outs
+        stats.seconds = time.perf_counter() - t0
+        self._n_steps += 1
+        if self.check_every and self._n_steps % self.check_every == 0:
+            stats.check = self.last_check = deviation(
+                outs, self.model.run(self.reference_input, n_threads=self.n_threads))
+        self.last_stats = stats
+        return outs
 
     def dirty_mask(self, node_name):
         """The output positions ``node_name`` recomputed in the last step (bool (OH, OW)),

@@ -373,3 +373,24 @@ def test_aspp_rates_scale_with_the_map():
     assert aspp_rates(16, feature_size=33) == (6, 12, 18)
     assert aspp_rates(16, feature_size=6) == (1, 2, 3)
     assert min(aspp_rates(16, feature_size=1)) == 1
+
+
+def test_pnet_with_trained_weights_matches_torch(tmp_path):
+    from framedelta.converters.zoo.pnet import (PNET_MISSING, pnet, pnet_preprocess,
+                                                 pnet_weights_path)
+    if pnet_weights_path() is None:
+        pytest.skip(PNET_MISSING)
+    net = pnet()
+    x = torch.rand(1, 3, 48, 64) * 2 - 1
+    fd.convert(net, x, tmp_path / "pnet.h5", preprocess=pnet_preprocess())
+    model = fd.load(tmp_path / "pnet.h5")
+    with torch.no_grad():
+        boxes, faces = net(x)
+    y_boxes, y_faces = model.run(x.numpy())
+    close_to_torch(y_boxes, boxes)
+    close_to_torch(y_faces, faces)
+    # uint8 frames go through MTCNN's preprocessing: (RGB - 127.5) / 128
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    xf = (torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)[None].float() - 127.5) / 128
+    with torch.no_grad():
+        close_to_torch(model.run(frame)[1], net(xf)[1])

@@ -7,7 +7,9 @@ torchvision state dicts load: ``resnet18``, ``mobilenet_v2``, ``mobilenet_v3_sma
 depthwise 5x5 stride 2). Dense prediction: ``unet`` (a small classic U-Net), ``fcn``
 (transposed-convolution upsampling with skip adds), ``deeplabv3`` (dilated ResNet
 backbone, ASPP with an image-pooling branch, bilinear logits). Detection: ``yolo``
-(YOLOv5-style: C3, SPPF, FPN/PAN neck, three decoded outputs as a tuple).
+(YOLOv5-style: C3, SPPF, FPN/PAN neck, three decoded outputs as a tuple). Trained
+weights: ``pnet`` (MTCNN's face-proposal net, weights from the facenet-pytorch wheel;
+not in ``ZOO``, whose models are random).
 
 The factories take no required argument, so ``framedelta.converters.zoo:resnet18`` works
 as a checkpoint import path. ``ZOO`` maps names to factories of seeded, randomized eval
@@ -22,6 +24,7 @@ from torch import nn
 
 from .efficientnet import efficientnet_b0
 from .mobilenet import mobilenet_v2, mobilenet_v3_small
+from .pnet import PNet, pnet, pnet_preprocess, pnet_weights_path
 from .resnet import resnet18
 from .segmentation import deeplabv3, fcn, unet
 from .yolo import yolo
@@ -65,4 +68,5 @@ ZOO = {
 }
 
 __all__ = ["ZOO", "randomize_bn", "randomized", "resnet18", "mobilenet_v2",
-           "mobilenet_v3_small", "efficientnet_b0", "unet", "fcn", "deeplabv3", "yolo"]
+           "mobilenet_v3_small", "efficientnet_b0", "unet", "fcn", "deeplabv3", "yolo",
+           "PNet", "pnet", "pnet_preprocess", "pnet_weights_path"]
