@@ -29,6 +29,15 @@ class Deviation:
         return self.max_abs == 0.0
 
 
+def check_positive_or_none(value, name):
+    """``value`` as an int, or None; ValueError unless None or a positive integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+    return int(value)
+
+
 def deviation(outputs, exact):
     """:class:`Deviation` of ``outputs`` from ``exact`` (arrays, or tuples of arrays in
     the same order, torch layout)."""

@@ -17,18 +17,16 @@ Several streams on one model share the prepared weights and nothing else; two st
 may step concurrently from two Python threads (the kernels release the GIL).
 """
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _masks as I
-from .checks import deviation
-from .layout import internal_shape, to_internal, to_torch
+from .checks import check_positive_or_none, deviation
+from .detect import Reference
+from .layout import internal_shape, to_torch
 from .receptive import SAME
-
-DETECTORS = ("pixel", "block")
 
 # Above this fraction of dirty output positions a node recomputes densely: gathering
 # scattered rows stops paying. Exactness does not depend on these values. Measured
@@ -69,62 +67,53 @@ class Stream:
     def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None,
                  check_every=None):
         from .model import effective_n_threads
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) \
-                or not math.isfinite(threshold) or threshold < 0:
-            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
-        if detector not in DETECTORS:
-            raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
-        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-            raise ValueError(f"block must be a positive integer, got {block!r}")
-        if check_every is not None and (isinstance(check_every, bool) or not isinstance(
-                check_every, (int, np.integer)) or check_every < 1):
-            raise ValueError(f"check_every must be None or a positive integer, got {check_every!r}")
+        n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
+        self._ref = Reference(model, threshold, detector, block, n_threads)
+        self.check_every = check_positive_or_none(check_every, "check_every")
         self.model = model
-        self.check_every = None if check_every is None else int(check_every)
-        self.last_check = None    # the latest checks.Deviation measured
-        self.threshold = float(threshold)
-        self.detector = detector
-        self.block = int(block)
-        self.n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
+        self.n_threads = n_threads
         self._plan = model.incremental_plan()
         shapes = model.shapes
         self._caches = {t: np.empty(internal_shape(shapes[t]), np.float32)
                         for step in self._plan for t in step.node.outputs}
-        _, c, h, w = model.input_shape
-        self._input = np.empty((h, w, c), np.float32)     # engine-layout reference input
-        self._ref_frame = None                            # uint8 reference, frame streams
-        self._diff = np.empty((h, w), np.float32)
-        self._change = np.empty((h, w), np.uint8)
-        self._n_changed = 0
         self.last_stats = None
-        self.last_change_mask = None      # bool (H, W): what the detector counted changed
+        self.last_check = None            # the latest checks.Deviation measured
         self._last_masks = {}
+        self._last_changed = False
         self.reset()
 
     # --- public ----------------------------------------------------------------
 
+    threshold = property(lambda self: self._ref.threshold)
+    detector = property(lambda self: self._ref.detector)
+    block = property(lambda self: self._ref.block)
+
     def reset(self):
         """Forget the reference: the next step computes densely."""
-        self._started = False
-        self._ref_frame = None
-        self._frames = None
+        self._ref.reset()
         self._n_steps = 0
+        self._last_changed = False
 
     @property
     def reference_input(self):
         """The input the caches represent now: a uint8 (H, W, 3) frame for a stream fed
         with frames, else float32 (1, C, H, W) torch layout. None before the first step."""
-        if not self._started:
+        return self._ref.value()
+
+    @property
+    def last_change_mask(self):
+        """bool (H, W): what the detector counted changed in the last step; None after
+        a dense (first) step."""
+        if not self._ref.started or self._last_changed is None:
             return None
-        if self._frames:
-            return self._ref_frame.copy()
-        return np.array(to_torch(self._input, self.model.input_shape), order="C")
+        if self._last_changed is False:
+            return np.zeros(self._ref.change.shape, bool)
+        return self._ref.change.astype(bool)
 
     @property
     def cache_bytes(self):
         """Bytes this stream holds: caches, reference input, masks' scratch."""
-        n = sum(a.nbytes for a in self._caches.values()) + self._input.nbytes + self._diff.nbytes
-        return n + (self._ref_frame.nbytes if self._ref_frame is not None else 0)
+        return sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
 
     def step(self, x):
         """Feed the next input; returns the output(s) of ``model.run(reference_input)``.
@@ -133,25 +122,16 @@ class Stream:
         the model file declares image preprocessing (threshold then in pixel units).
         """
         t0 = time.perf_counter()
-        frame = self.model.is_frame(x)
-        if frame and self._frames is False or not frame and self._frames:
-            raise ValueError("this stream was fed " + ("float tensors" if frame else
-                             "uint8 frames") + " so far; call reset() before switching")
-        if frame:
-            new = np.ascontiguousarray(x)
-        else:
-            new = to_internal(self.model.check_input(x), self.model.input_shape)
-        if not self._started:
-            self._first_step(new, frame)
+        new, frame = self._ref.as_input(x)
+        if not self._ref.started:
+            self._ref.first(new, frame)
             stats = self._run_nodes(None, first=True)
-            self.last_change_mask = None
-            stats.input_changed_fraction = 1.0
+            self._last_changed = None
         else:
-            changed = self._update_reference(new, frame)
+            changed = self._ref.update(new, frame)
             stats = self._run_nodes(changed)
-            self.last_change_mask = (np.zeros(self._diff.shape, bool) if changed is None
-                                     else changed.astype(bool))
-            stats.input_changed_fraction = self._n_changed / self._diff.size
+            self._last_changed = changed is not None
+        stats.input_changed_fraction = self._ref.changed_fraction
         outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
                      for t in self.model.graph.outputs)
         outs = outs[0] if len(outs) == 1 else outs
@@ -182,40 +162,6 @@ class Stream:
                 return self.dirty_mask(step.node.name)
         return None
 
-    # --- detection --------------------------------------------------------------
-
-    def _first_step(self, new, frame):
-        self._frames = frame
-        if frame:
-            self._ref_frame = new.copy()
-            self._input[...] = self.model.frame_to_internal(new)
-        else:
-            self._input[...] = new
-        self._started = True
-
-    def _update_reference(self, new, frame):
-        """Detect changes against the reference and take them in; returns the uint8
-        change mask, or None when nothing changed."""
-        if frame:
-            I.max_abs_diff_u8(new, self._ref_frame, self._diff, self.n_threads)
-        else:
-            I.max_abs_diff_f32(new, self._input, self._diff, self.n_threads)
-        mask = self._change
-        if self.detector == "pixel":
-            n = I.pixel_change_mask(self._diff, self.threshold, mask)
-        else:
-            n = I.block_change_mask(self._diff, self.threshold, self.block, mask)
-        self._n_changed = n
-        if n == 0:
-            return None
-        changed = mask.view(bool)
-        if frame:
-            self._ref_frame[changed] = new[changed]
-            self._input[changed] = self.model.frame_to_internal(new[changed][None])[0]
-        else:
-            self._input[changed] = new[changed]
-        return mask
-
     # --- propagation and compute ---------------------------------------------------
 
     def _run_nodes(self, changed, first=False):
@@ -225,7 +171,7 @@ class Stream:
         tensor's mask is None while it is clean, so clean parts of the graph cost a
         dictionary lookup per node.
         """
-        env = {self.model.graph.input.name: self._input}
+        env = {self.model.graph.input.name: self._ref.input}
         masks = {self.model.graph.input.name: changed}
         macs = dense_macs = 0
         node_stats = []
