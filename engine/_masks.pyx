@@ -10,10 +10,16 @@ dilates a node's input mask by the exact input ranges of its output rows and col
 cimport cython
 from cython.parallel cimport prange
 from libc.math cimport fabsf
+from libc.string cimport memset
 
 import numpy as np
 
 ctypedef unsigned char u8
+
+cdef extern from "detect.h" nogil:
+    void fd_maxdiff_u8(const u8* a, const u8* b, u8* d, long n, int c)
+    long fd_pixel_mask_u8(const u8* d, int t, u8* out, long n)
+    void fd_tile_sums_u8(const u8* d, long w, long y0, long y1, int b, unsigned int* sums)
 
 # --- change detection ------------------------------------------------------------
 
@@ -39,21 +45,43 @@ def max_abs_diff_f32(const float[:, :, ::1] x, const float[:, :, ::1] ref,
             out[y, i] = m
 
 
-def max_abs_diff_u8(const u8[:, :, ::1] x, const u8[:, :, ::1] ref, float[:, ::1] out,
+def max_abs_diff_u8(const u8[:, :, ::1] x, const u8[:, :, ::1] ref, u8[:, ::1] out,
                     int n_threads):
     """out[y, x] = max over channels |x - ref| for uint8 frames, in pixel units."""
-    cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
-    cdef int y, i, c, d, m
+    cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2], y
+    if ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C \
+            or out.shape[0] != H or out.shape[1] != W:
+        raise ValueError("max_abs_diff_u8: inconsistent shapes")
+    if H == 0 or W == 0:
+        return
+    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+        fd_maxdiff_u8(&x[y, 0, 0], &ref[y, 0, 0], &out[y, 0], W, C)
+
+
+def frame_to_input(const u8[:, :, ::1] frame, const float[:, ::1] lut, const int[::1] src,
+                   float[:, :, ::1] out, int n_threads):
+    """out[y, x, c] = lut[c, frame[y, x, src[c]]]: a uint8 frame through the input's
+    preprocessing, tabulated (Model.frame_lut: 256 values a channel, computed with the
+    numpy formula, so the result has the formula's bits)."""
+    cdef int H = frame.shape[0], W = frame.shape[1], C = out.shape[2], y, i, c
     for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
         for i in range(W):
-            m = 0
             for c in range(C):
-                d = <int>x[y, i, c] - <int>ref[y, i, c]
-                if d < 0:
-                    d = -d
-                if d > m:
-                    m = d
-            out[y, i] = m
+                out[y, i, c] = lut[c, frame[y, i, src[c]]]
+
+
+def take_changed_u8(const u8[:, :, ::1] new, u8[:, :, ::1] ref, float[:, :, ::1] inp,
+                    const u8[:, ::1] mask, const float[:, ::1] lut, const int[::1] src,
+                    int n_threads):
+    """Where mask is set: ref takes new's pixel, and inp its preprocessed value."""
+    cdef int H = new.shape[0], W = new.shape[1], C = new.shape[2], y, i, c
+    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+        for i in range(W):
+            if mask[y, i]:
+                for c in range(C):
+                    ref[y, i, c] = new[y, i, c]
+                for c in range(C):
+                    inp[y, i, c] = lut[c, new[y, i, src[c]]]
 
 
 # --- mask propagation --------------------------------------------------------------
@@ -144,4 +172,43 @@ def block_change_mask(const float[:, ::1] d, float t, int b, u8[:, ::1] out):
                         out[y, x] = ch
                 if ch:
                     n += (y1 - ty) * (x1 - tx)
+    return n
+
+
+def pixel_change_mask_u8(const u8[:, ::1] d, float t, u8[:, ::1] out):
+    """pixel_change_mask for an integer map (max_abs_diff_u8's): d > t is d > floor(t)."""
+    cdef long n = d.shape[0] * d.shape[1]
+    cdef int tt = 255 if t >= 255 else <int>t          # t >= 0: truncation is floor
+    if n == 0:
+        return 0
+    with nogil:
+        n = fd_pixel_mask_u8(&d[0, 0], tt, &out[0, 0], n)
+    return n
+
+
+def block_change_mask_u8(const u8[:, ::1] d, float t, int b, u8[:, ::1] out, int n_threads):
+    """block_change_mask for an integer map: a tile's sum is exact in any order, so tile
+    rows run in parallel and the decision is the float version's (mean > t)."""
+    cdef int H = d.shape[0], W = d.shape[1]
+    if b < 1:
+        raise ValueError("block_change_mask: block must be positive")
+    if H == 0 or W == 0:
+        return 0
+    cdef int nty = (H + b - 1) // b, ntx = (W + b - 1) // b
+    cdef unsigned int[:, ::1] sums = np.zeros((nty, ntx), np.uint32)
+    cdef int iy, ix, y, y0, y1, x0, x1
+    cdef Py_ssize_t n = 0
+    cdef bint ch
+    for iy in prange(nty, nogil=True, num_threads=n_threads, schedule="static"):
+        y0 = iy * b
+        y1 = min(H, y0 + b)
+        fd_tile_sums_u8(&d[0, 0], W, y0, y1, b, &sums[iy, 0])
+        for ix in range(ntx):
+            x0 = ix * b
+            x1 = min(W, x0 + b)
+            ch = not (<double>sums[iy, ix] / ((y1 - y0) * (x1 - x0)) <= t)
+            for y in range(y0, y1):
+                memset(&out[y, x0], ch, x1 - x0)
+            if ch:
+                n += (y1 - y0) * (x1 - x0)
     return n

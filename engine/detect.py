@@ -48,7 +48,8 @@ class Reference:
         _, c, h, w = model.input_shape
         self.input = np.empty((h, w, c), np.float32)     # engine layout
         self._frame = None                               # uint8 reference, frame streams
-        self._diff = np.empty((h, w), np.float32)
+        self._diff = np.empty((h, w), np.float32)        # float inputs' change map
+        self._diff8 = np.empty((h, w), np.uint8)         # frames': integers 0..255
         self.change = np.empty((h, w), np.uint8)         # the last update's change mask
         self.n_changed = 0
         self.reset()
@@ -60,7 +61,7 @@ class Reference:
 
     @property
     def nbytes(self):
-        n = self.input.nbytes + self._diff.nbytes + self.change.nbytes
+        n = self.input.nbytes + self._diff.nbytes + self._diff8.nbytes + self.change.nbytes
         return n + (self._frame.nbytes if self._frame is not None else 0)
 
     def as_input(self, x):
@@ -99,23 +100,27 @@ class Reference:
     def update(self, new, frame):
         """Detect changes against the reference and take them in; returns the uint8
         change mask (H, W), or None when nothing changed."""
+        mask, nt = self.change, self.n_threads
         if frame:
-            I.max_abs_diff_u8(new, self._frame, self._diff, self.n_threads)
+            I.max_abs_diff_u8(new, self._frame, self._diff8, nt)
+            if self.detector == "pixel":
+                n = I.pixel_change_mask_u8(self._diff8, self.threshold, mask)
+            else:
+                n = I.block_change_mask_u8(self._diff8, self.threshold, self.block, mask, nt)
         else:
-            I.max_abs_diff_f32(new, self.input, self._diff, self.n_threads)
-        mask = self.change
-        if self.detector == "pixel":
-            n = I.pixel_change_mask(self._diff, self.threshold, mask)
-        else:
-            n = I.block_change_mask(self._diff, self.threshold, self.block, mask)
+            I.max_abs_diff_f32(new, self.input, self._diff, nt)
+            if self.detector == "pixel":
+                n = I.pixel_change_mask(self._diff, self.threshold, mask)
+            else:
+                n = I.block_change_mask(self._diff, self.threshold, self.block, mask)
         self.n_changed = n
         if n == 0:
             return None
-        changed = mask.view(bool)
         if frame:
-            self._frame[changed] = new[changed]
-            self.input[changed] = self.model.frame_to_internal(new[changed][None])[0]
+            lut, src = self.model.frame_lut
+            I.take_changed_u8(new, self._frame, self.input, mask, lut, src, nt)
         else:
+            changed = mask.view(bool)
             self.input[changed] = new[changed]
         return mask
 

@@ -13,7 +13,7 @@ import numpy as np
 from framedelta.formats.graph import check_graph
 from framedelta.formats.ops import OPS, resolve_attrs
 
-from . import _kernels
+from . import _kernels, _masks
 from .layout import internal_shape, to_internal, to_torch
 from .receptive import node_rule
 from .registry import RECEPTIVE_RULES, REGISTRY
@@ -49,6 +49,7 @@ class Model:
         self.n_threads = effective_n_threads(n_threads)
         self._lock = threading.Lock()
         self._plan = None
+        self._frame_lut = None
         self._steps = []
         for node in graph.nodes:
             attrs = resolve_attrs(OPS[node.op], node.attrs)
@@ -75,12 +76,28 @@ class Model:
 
     def frame_to_internal(self, frame):
         """A uint8 (H, W, 3) BGR frame -> the engine-layout input, per the input spec."""
-        p = self.graph.input.preprocess
-        x = frame[..., ::-1] if p.bgr_to_rgb else frame
-        x = x.astype(np.float32) * np.float32(p.scale)
-        x -= np.asarray(p.mean, np.float32)
-        x /= np.asarray(p.std, np.float32)
-        return np.ascontiguousarray(x)
+        lut, src = self.frame_lut
+        out = np.empty(frame.shape[:2] + (lut.shape[0],), np.float32)
+        _masks.frame_to_input(np.ascontiguousarray(frame), lut, src, out, self.n_threads)
+        return out
+
+    @property
+    def frame_lut(self):
+        """(lut, src): the input spec's preprocessing tabulated, ``lut[c, v]`` the value of
+        channel c for a pixel value v read from frame channel ``src[c]``. Computed once
+        with the formula itself, so tabulated frames have the formula's bits."""
+        if self._frame_lut is None:
+            p = self.graph.input.preprocess
+            c = self.input_shape[1]
+            ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], c, axis=2)
+            x = ramp[..., ::-1] if p.bgr_to_rgb else ramp
+            x = x.astype(np.float32) * np.float32(p.scale)
+            x -= np.asarray(p.mean, np.float32)
+            x /= np.asarray(p.std, np.float32)
+            src = np.arange(c, dtype=np.int32)
+            self._frame_lut = (np.ascontiguousarray(x[0].T),
+                               np.ascontiguousarray(src[::-1] if p.bgr_to_rgb else src))
+        return self._frame_lut
 
     def is_frame(self, x):
         """True for a uint8 (H, W, C) camera frame this model can take; ValueError for a

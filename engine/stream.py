@@ -11,7 +11,8 @@ last output. Each step:
    elementwise and multi-input ops, or everything for a global op with a dirty input;
 3. the node recomputes its dirty positions into its cache with its masked kernel, or
    all of them with its dense kernel when the dirty fraction is above the op's
-   fallback threshold (same per-position arithmetic either way).
+   fallback threshold (same per-position arithmetic either way). When more than
+   ``SCENE_CUT`` of the input changed, every node is recomputed whole at once.
 
 Several streams on one model share the prepared weights and nothing else; two streams
 may step concurrently from two Python threads (the kernels release the GIL).
@@ -35,6 +36,11 @@ from .receptive import SAME
 # crosses over near 0.8 on wide, thin layers (32 channels at 360x480, 1x1 144->24).
 DENSE_FALLBACK = {"conv2d": 0.8}
 DEFAULT_FALLBACK = 0.7
+# Above this fraction of changed input pixels (a scene cut, a camera moved, lights on)
+# a step recomputes every node whole without propagating masks: past it the sweep
+# (benchmarks/README.md) finds the incremental path no faster than dense, and the
+# propagation itself costs a pass over every node's mask.
+SCENE_CUT = 0.5
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Stream:
         self._ref.reset()
         self._n_steps = 0
         self._last_changed = False
+        self._scene_cut = False
 
     @property
     def reference_input(self):
@@ -127,9 +134,12 @@ class Stream:
             self._ref.first(new, frame)
             stats = self._run_nodes(None, first=True)
             self._last_changed = None
+            self._scene_cut = False
         else:
             changed = self._ref.update(new, frame)
-            stats = self._run_nodes(changed)
+            self._scene_cut = self._ref.changed_fraction > SCENE_CUT
+            stats = self._run_nodes(None, first=True) if self._scene_cut \
+                else self._run_nodes(changed)
             self._last_changed = changed is not None
         stats.input_changed_fraction = self._ref.changed_fraction
         outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
@@ -150,6 +160,8 @@ class Stream:
             if step.node.name == node_name:
                 if self.last_change_mask is None:
                     return None
+                if self._scene_cut:
+                    return np.ones(step.mask_shape, bool)
                 m = self._last_masks.get(step.node.outputs[0])
                 return np.zeros(step.mask_shape, bool) if m is None else m.astype(bool)
         raise KeyError(f"no node named {node_name!r}")
