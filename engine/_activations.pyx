@@ -19,6 +19,9 @@ arithmetic in torch's order of operations; never -ffast-math (setup.py).
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, erff, expf, log, pow, sqrtf, tanhf
 
+cdef extern from "rows.h" nogil:
+    void fd_prelu_row(const float *x, const float *s, float *o, int n)
+
 cdef extern from "vexp.h" nogil:
     float fd_expf(float x)
     void fd_sigmoid_row(const float *x, float *o, int n)
@@ -145,6 +148,15 @@ def prelu(const float[:, :, ::1] x, const float[::1] slope, float[:, :, ::1] out
     cdef Py_ssize_t k, o
     cdef int c, i
     cdef float v
+    if P == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0]
+    cdef float* op = &out[0, 0, 0]
+    if I == 1:                        # an image's channels: one contiguous row a position
+        for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+            o = pp[k] if pp != NULL else k
+            fd_prelu_row(xp + o * C, &slope[0], op + o * C, C)
+        return
     for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
         o = pp[k] if pp != NULL else k
         for c in range(C):

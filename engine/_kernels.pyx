@@ -51,6 +51,9 @@ def max_threads():
 
 # --- convolution -----------------------------------------------------------------
 
+cdef extern from "rows.h" nogil:
+    void fd_max_row(const float *x, float *o, int n)
+
 cdef extern from "gemm.h" nogil:
     enum: FD_NR
     size_t fd_packed_size(int K, int N)
@@ -480,11 +483,7 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
                 ix = ox * sw - pl + j * dw
                 if ix < 0 or ix >= W:
                     continue
-                xs = xp + (<Py_ssize_t>iy * W + ix) * C
-                for c in range(C):
-                    v = xs[c]
-                    if v > o[c] or v != v:
-                        o[c] = v
+                fd_max_row(xp + (<Py_ssize_t>iy * W + ix) * C, o, C)
 
 
 def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
