@@ -10,7 +10,7 @@ dilates a node's input mask by the exact input ranges of its output rows and col
 cimport cython
 from cython.parallel cimport prange
 from libc.math cimport fabsf
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -92,16 +92,27 @@ def dilate_mask(const u8[:, ::1] m, const int[::1] lo_y, const int[::1] hi_y,
 
     The ranges are the exact input windows of each output row and column (see
     receptive.py), clipped to the input; an empty range (lo > hi) reads nothing.
-    Two passes of prefix sums: O(H*W + H*OW + OH*OW) whatever the window size.
+    Two passes of prefix sums: O(H*W + H*OW + OH*OW) whatever the window size; rows
+    with nothing set (most of them, in a sparse mask) cost a copy or a memset.
     """
     cdef int H = m.shape[0], W = m.shape[1], OH = out.shape[0], OW = out.shape[1]
     if lo_y.shape[0] != OH or hi_y.shape[0] != OH or lo_x.shape[0] != OW or hi_x.shape[0] != OW:
         raise ValueError("dilate_mask: inconsistent shapes")
-    cdef int[:, ::1] rows = np.zeros((H + 1, OW), np.int32)   # prefix over input rows
+    cdef int[:, ::1] rows = np.empty((H + 1, OW), np.int32)   # prefix over input rows
     cdef int[::1] pre = np.empty(W + 1, np.int32)
-    cdef int r, c, o
+    cdef int[::1] busy = np.empty(H + 1, np.int32)            # prefix of non-empty rows
+    cdef int r, c, o, any_
     with nogil:
+        memset(&rows[0, 0], 0, OW * sizeof(int))
+        busy[0] = 0
         for r in range(H):
+            any_ = 0
+            for c in range(W):
+                any_ = any_ | m[r, c]
+            busy[r + 1] = busy[r] + (any_ != 0)
+            if not any_:
+                memcpy(&rows[r + 1, 0], &rows[r, 0], OW * sizeof(int))
+                continue
             pre[0] = 0
             for c in range(W):
                 pre[c + 1] = pre[c] + (m[r, c] != 0)
@@ -109,22 +120,39 @@ def dilate_mask(const u8[:, ::1] m, const int[::1] lo_y, const int[::1] hi_y,
                 rows[r + 1, o] = rows[r, o] + (lo_x[o] <= hi_x[o] and
                                                pre[hi_x[o] + 1] - pre[lo_x[o]] > 0)
         for o in range(OH):
+            if lo_y[o] > hi_y[o] or busy[hi_y[o] + 1] == busy[lo_y[o]]:
+                memset(&out[o, 0], 0, OW)
+                continue
             for c in range(OW):
-                out[o, c] = lo_y[o] <= hi_y[o] and rows[hi_y[o] + 1, c] - rows[lo_y[o], c] > 0
+                out[o, c] = rows[hi_y[o] + 1, c] - rows[lo_y[o], c] > 0
 
 
 def mask_indices(const u8[:, ::1] m):
     """Flat indices (int32, ascending) of the set positions of a 2-D mask."""
-    cdef Py_ssize_t n = m.shape[0] * m.shape[1], i, k = 0
+    cdef Py_ssize_t n = m.shape[0] * m.shape[1], i, j, k = 0, nw
+    if n == 0:
+        return np.empty(0, np.int32)
     cdef const u8* p = &m[0, 0]
-    for i in range(n):
-        k += p[i] != 0
+    with nogil:
+        for i in range(n):
+            k += p[i] != 0
     cdef int[::1] out = np.empty(k, np.int32)
+    cdef unsigned long long word
     k = 0
-    for i in range(n):
-        if p[i]:
-            out[k] = <int>i
-            k += 1
+    nw = n // 8
+    with nogil:
+        for j in range(nw):               # skip eight clean positions at a time
+            memcpy(&word, p + 8 * j, 8)
+            if word == 0:
+                continue
+            for i in range(8 * j, 8 * j + 8):
+                if p[i]:
+                    out[k] = <int>i
+                    k += 1
+        for i in range(8 * nw, n):
+            if p[i]:
+                out[k] = <int>i
+                k += 1
     return np.asarray(out)
 
 

@@ -1,5 +1,6 @@
-"""Change detection (engine/detect.py, _masks' detectors) against numpy references:
-the integer uint8 path, its thread count, the tabulated preprocessing, scene cuts."""
+"""The mask kernels (engine/_masks.pyx) against numpy references: change detection
+(the integer uint8 path, its thread count), the tabulated preprocessing, mask dilation
+and indices; and scene cuts."""
 
 import numpy as np
 import pytest
@@ -105,3 +106,27 @@ def test_pixel_threshold_edges(t):
     out = np.empty_like(d)
     n = I.pixel_change_mask_u8(d, t, out)
     assert n == int((d > np.float32(t)).sum())
+
+
+@given(h=st.integers(1, 30), w=st.integers(1, 30), oh=st.integers(1, 20),
+       ow=st.integers(1, 20), density=st.sampled_from([0.0, 0.02, 0.2, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_dilate_mask_and_indices_match_numpy(h, w, oh, ow, density, seed):
+    rng = np.random.default_rng(seed)
+    m = (rng.random((h, w)) < density).astype(np.uint8)
+    if density and rng.random() < 0.5:         # sparse rows: whole empty bands
+        m[rng.random(h) < 0.7] = 0
+
+    def ranges(o, n):
+        lo = rng.integers(0, n, o).astype(np.int32)
+        hi = (lo + rng.integers(-1, 4, o)).clip(-1, n - 1).astype(np.int32)
+        return lo, hi
+    (ly, hy), (lx, hx) = ranges(oh, h), ranges(ow, w)
+    out = np.empty((oh, ow), np.uint8)
+    I.dilate_mask(m, ly, hy, lx, hx, out)
+    expect = np.array([[m[ly[a]:hy[a] + 1, lx[b]:hx[b] + 1].any() for b in range(ow)]
+                       for a in range(oh)], np.uint8)
+    np.testing.assert_array_equal(out, expect)
+    idx = I.mask_indices(m)
+    assert idx.dtype == np.int32
+    np.testing.assert_array_equal(idx, np.flatnonzero(m))
