@@ -445,6 +445,23 @@ def depthwise_conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const floa
 
 # --- pooling ---------------------------------------------------------------------
 
+cdef inline void _max_window(const float* xp, int H, int W, int C, float* o, int oy, int ox,
+                             int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                             int dw) noexcept nogil:
+    cdef int i, j, iy, ix, c
+    for c in range(C):
+        o[c] = -INFINITY
+    for i in range(kh):
+        iy = oy * sh - pt + i * dh
+        if iy < 0 or iy >= H:
+            continue
+        for j in range(kw):
+            ix = ox * sw - pl + j * dw
+            if ix < 0 or ix >= W:
+                continue
+            fd_max_row(xp + (<Py_ssize_t>iy * W + ix) * C, o, C)
+
+
 def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
                int sh, int sw, int pt, int pl, int dh, int dw, int n_threads,
                const int[::1] pix=None):
@@ -454,36 +471,26 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
     out  out  (OH, OW, C): the positions in pix (all when None) are written
     """
     cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
-    cdef int OW = out.shape[1]
+    cdef int OH = out.shape[0], OW = out.shape[1]
     if out.shape[2] != C:
         raise ValueError("max_pool2d: inconsistent shapes")
-    cdef Py_ssize_t P = ((<Py_ssize_t>out.shape[0] * OW) if pix is None else pix.shape[0])
+    cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
     if P == 0:
         return
-    cdef const int* pp = NULL if pix is None else &pix[0]
     cdef const float* xp = &x[0, 0, 0]
     cdef float* op = &out[0, 0, 0]
-    cdef Py_ssize_t k, m
-    cdef int oy, ox, i, j, iy, ix, c
-    cdef float* o
-    cdef const float* xs
-    cdef float v
+    cdef Py_ssize_t k
+    cdef int oy, ox, m
+    if pix is None:               # rows and columns: no division a position
+        for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
+            for ox in range(OW):
+                _max_window(xp, H, W, C, op + (<Py_ssize_t>oy * OW + ox) * C, oy, ox,
+                            kh, kw, sh, sw, pt, pl, dh, dw)
+        return
     for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
-        m = pp[k] if pp != NULL else k
-        oy = <int>(m // OW)
-        ox = <int>(m % OW)
-        o = op + m * C
-        for c in range(C):
-            o[c] = -INFINITY
-        for i in range(kh):
-            iy = oy * sh - pt + i * dh
-            if iy < 0 or iy >= H:
-                continue
-            for j in range(kw):
-                ix = ox * sw - pl + j * dw
-                if ix < 0 or ix >= W:
-                    continue
-                fd_max_row(xp + (<Py_ssize_t>iy * W + ix) * C, o, C)
+        m = pix[k]
+        _max_window(xp, H, W, C, op + <Py_ssize_t>m * C, m // OW, m % OW,
+                    kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
