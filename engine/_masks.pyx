@@ -86,18 +86,129 @@ def take_changed_u8(const u8[:, :, ::1] new, u8[:, :, ::1] ref, float[:, :, ::1]
 
 # --- mask propagation --------------------------------------------------------------
 
+cdef bint _monotone(const int[::1] lo, const int[::1] hi) noexcept nogil:
+    """lo and hi non-decreasing over the non-empty ranges (every rule of receptive.py
+    but a general gather)."""
+    cdef int o, plo = -1, phi = -1
+    for o in range(lo.shape[0]):
+        if lo[o] > hi[o]:
+            continue
+        if lo[o] < plo or hi[o] < phi:
+            return False
+        plo = lo[o]
+        phi = hi[o]
+    return True
+
+
+cdef void _reach(const int[::1] lo, const int[::1] hi, int n_in, int* first,
+                 int* last) noexcept nogil:
+    """For input index i: the outputs whose (non-empty) ranges hold i are, for monotone
+    ranges, those non-empty ones in first[i]..last[i]: first[i] the first with
+    hi >= i, last[i] the last with lo <= i."""
+    cdef int n_out = lo.shape[0], i, o = 0
+    for i in range(n_in):
+        while o < n_out and (lo[o] > hi[o] or hi[o] < i):
+            o += 1
+        first[i] = o
+    o = n_out - 1
+    for i in range(n_in - 1, -1, -1):
+        while o >= 0 and (lo[o] > hi[o] or lo[o] > i):
+            o -= 1
+        last[i] = o
+
+
 def dilate_mask(const u8[:, ::1] m, const int[::1] lo_y, const int[::1] hi_y,
                 const int[::1] lo_x, const int[::1] hi_x, u8[:, ::1] out):
     """out[oy, ox] = any(m[lo_y[oy]:hi_y[oy]+1, lo_x[ox]:hi_x[ox]+1]).
 
     The ranges are the exact input windows of each output row and column (see
     receptive.py), clipped to the input; an empty range (lo > hi) reads nothing.
-    Two passes of prefix sums: O(H*W + H*OW + OH*OW) whatever the window size; rows
-    with nothing set (most of them, in a sparse mask) cost a copy or a memset.
+    Monotone ranges (all of receptive.py's rules): each run of set positions of an input
+    row dirties one interval of output columns, and each such row one interval of output
+    rows, so the cost follows the set rows, not the map. Otherwise two passes of prefix
+    sums, O(H*W + H*OW + OH*OW) whatever the window size.
     """
     cdef int H = m.shape[0], W = m.shape[1], OH = out.shape[0], OW = out.shape[1]
     if lo_y.shape[0] != OH or hi_y.shape[0] != OH or lo_x.shape[0] != OW or hi_x.shape[0] != OW:
         raise ValueError("dilate_mask: inconsistent shapes")
+    if OH == 0 or OW == 0:
+        return
+    if H == 0 or W == 0:
+        out[:, :] = 0
+        return
+    cdef bint monotone
+    with nogil:
+        monotone = _monotone(lo_y, hi_y) and _monotone(lo_x, hi_x)
+    if monotone:
+        _dilate_runs(m, lo_y, hi_y, lo_x, hi_x, out)
+    else:
+        _dilate_prefix(m, lo_y, hi_y, lo_x, hi_x, out)
+
+
+cdef void _or_row(u8* dst, const u8* src, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        dst[i] = dst[i] | src[i]
+
+
+cdef _dilate_runs(const u8[:, ::1] m, const int[::1] lo_y, const int[::1] hi_y,
+                  const int[::1] lo_x, const int[::1] hi_x, u8[:, ::1] out):
+    cdef int H = m.shape[0], W = m.shape[1], OH = out.shape[0], OW = out.shape[1]
+    cdef int[::1] fx = np.empty(W, np.int32), lx = np.empty(W, np.int32)
+    cdef int[::1] fy = np.empty(H, np.int32), ly = np.empty(H, np.int32)
+    cdef u8[::1] row = np.empty(OW, np.uint8), ne_x = np.empty(OW, np.uint8)
+    cdef int r, i, j, a, o, o1, o2, n_empty_x = 0
+    cdef bint any_
+    cdef const u8* p
+    cdef unsigned long long word
+    with nogil:
+        _reach(lo_x, hi_x, W, &fx[0], &lx[0])
+        _reach(lo_y, hi_y, H, &fy[0], &ly[0])
+        for o in range(OW):
+            ne_x[o] = lo_x[o] <= hi_x[o]
+            n_empty_x += lo_x[o] > hi_x[o]
+        memset(&out[0, 0], 0, <size_t>OH * OW)
+        for r in range(H):
+            p = &m[r, 0]
+            o1 = fy[r]
+            o2 = ly[r]
+            if o1 > o2:
+                continue                      # no output row reads input row r
+            # the row's runs of set positions -> output columns
+            memset(&row[0], 0, OW)
+            any_ = False
+            a = -1                            # start of the current run
+            i = 0
+            while i < W:
+                if a < 0 and i + 8 <= W:
+                    memcpy(&word, p + i, 8)
+                    if word == 0:
+                        i += 8
+                        continue
+                if p[i]:
+                    any_ = True
+                    if a < 0:
+                        a = i
+                elif a >= 0:
+                    if fx[a] <= lx[i - 1]:
+                        memset(&row[fx[a]], 1, lx[i - 1] - fx[a] + 1)
+                    a = -1
+                i += 1
+            if a >= 0 and fx[a] <= lx[W - 1]:
+                memset(&row[fx[a]], 1, lx[W - 1] - fx[a] + 1)
+            if not any_:
+                continue
+            if n_empty_x:
+                for o in range(OW):
+                    row[o] = row[o] & ne_x[o]
+            for j in range(o1, o2 + 1):
+                if lo_y[j] <= hi_y[j]:
+                    _or_row(&out[j, 0], &row[0], OW)
+
+
+cdef _dilate_prefix(const u8[:, ::1] m, const int[::1] lo_y, const int[::1] hi_y,
+                    const int[::1] lo_x, const int[::1] hi_x, u8[:, ::1] out):
+    cdef int H = m.shape[0], W = m.shape[1], OH = out.shape[0], OW = out.shape[1]
     cdef int[:, ::1] rows = np.empty((H + 1, OW), np.int32)   # prefix over input rows
     cdef int[::1] pre = np.empty(W + 1, np.int32)
     cdef int[::1] busy = np.empty(H + 1, np.int32)            # prefix of non-empty rows

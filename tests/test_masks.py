@@ -117,10 +117,18 @@ def test_dilate_mask_and_indices_match_numpy(h, w, oh, ow, density, seed):
     if density and rng.random() < 0.5:         # sparse rows: whole empty bands
         m[rng.random(h) < 0.7] = 0
 
+    monotone = rng.random() < 0.7       # every receptive.py rule; else a general gather
+
     def ranges(o, n):
-        lo = rng.integers(0, n, o).astype(np.int32)
-        hi = (lo + rng.integers(-1, 4, o)).clip(-1, n - 1).astype(np.int32)
-        return lo, hi
+        lo = rng.integers(0, n, o)
+        if monotone:
+            lo = np.sort(lo)
+            hi = np.maximum.accumulate(lo + rng.integers(0, 4, o))
+            empty = rng.random(o) < 0.2          # windows wholly in the padding
+            hi[empty] = lo[empty] - 1
+        else:
+            hi = lo + rng.integers(-1, 4, o)
+        return lo.astype(np.int32), hi.clip(-1, n - 1).astype(np.int32)
     (ly, hy), (lx, hx) = ranges(oh, h), ranges(ow, w)
     out = np.empty((oh, ow), np.uint8)
     I.dilate_mask(m, ly, hy, lx, hx, out)
