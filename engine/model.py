@@ -13,8 +13,8 @@ import numpy as np
 from framedelta.formats.graph import check_graph
 from framedelta.formats.ops import OPS, resolve_attrs
 
-from . import _kernels, _masks
-from .layout import internal_shape, to_internal, to_torch
+from . import _kernels, _layout, _masks
+from .layout import internal_shape, is_image, to_internal, to_torch
 from .receptive import node_rule
 from .registry import RECEPTIVE_RULES, REGISTRY
 
@@ -143,9 +143,17 @@ class Model:
             for node, run, out in self._steps:
                 run([env[t] for t in node.inputs], out, nt)
                 env[node.outputs[0]] = out
-            outs = tuple(np.array(to_torch(env[t], self.shapes[t]), order="C")
+            outs = tuple(self._torch_output(env[t], self.shapes[t], nt)
                          for t in self.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
+
+    @staticmethod
+    def _torch_output(a, shape, n_threads):
+        if is_image(shape):
+            out = np.empty(shape, np.float32)
+            _layout.hwc_to_chw(a, out[0], n_threads)
+            return out
+        return np.array(to_torch(a, shape), order="C")
 
     def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None,
                check_every=None):

@@ -26,7 +26,8 @@ import numpy as np
 from . import _masks as I
 from .checks import check_positive_or_none, deviation
 from .detect import Reference
-from .layout import internal_shape, to_torch
+from ._layout import hwc_to_chw
+from .layout import internal_shape, is_image, to_torch
 from .receptive import SAME
 
 # Above this fraction of dirty output positions a node recomputes densely: gathering
@@ -86,6 +87,7 @@ class Stream:
         self.last_check = None            # the latest checks.Deviation measured
         self._last_masks = {}
         self._last_changed = False
+        self._torch_outputs = {}          # image outputs in torch layout, (C, H, W)
         self.reset()
 
     # --- public ----------------------------------------------------------------
@@ -119,8 +121,9 @@ class Stream:
 
     @property
     def cache_bytes(self):
-        """Bytes this stream holds: caches, reference input, masks' scratch."""
-        return sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
+        """Bytes this stream holds: caches, reference input, masks' scratch, outputs."""
+        return (sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
+                + sum(a.nbytes for a in self._torch_outputs.values()))
 
     def step(self, x):
         """Feed the next input; returns the output(s) of ``model.run(reference_input)``.
@@ -142,8 +145,8 @@ class Stream:
                 else self._run_nodes(changed)
             self._last_changed = changed is not None
         stats.input_changed_fraction = self._ref.changed_fraction
-        outs = tuple(np.array(to_torch(self._caches[t], self.model.shapes[t]), order="C")
-                     for t in self.model.graph.outputs)
+        whole = self._last_changed is None or self._scene_cut
+        outs = tuple(self._output(t, whole) for t in self.model.graph.outputs)
         outs = outs[0] if len(outs) == 1 else outs
         stats.seconds = time.perf_counter() - t0
         self._n_steps += 1
@@ -152,6 +155,26 @@ class Stream:
                 outs, self.model.run(self.reference_input, n_threads=self.n_threads))
         self.last_stats = stats
         return outs
+
+    def _output(self, t, whole):
+        """Output tensor ``t`` in torch layout, a new array. An image output is kept in
+        torch layout too and updated on the rows its node recomputed: transposing a
+        whole 21-channel 360x480 map costs more than a sparse step's kernels."""
+        shape = self.model.shapes[t]
+        if not is_image(shape):
+            return np.array(to_torch(self._caches[t], shape), order="C")
+        buf = self._torch_outputs.get(t)
+        if buf is None:
+            buf = self._torch_outputs[t] = np.empty(shape[1:], np.float32)
+            whole = True
+        if whole:
+            hwc_to_chw(self._caches[t], buf, self.n_threads)
+        else:
+            mask = self._last_masks.get(t)
+            if mask is not None:
+                rows = np.flatnonzero(mask.any(axis=1)).astype(np.int32)
+                hwc_to_chw(self._caches[t], buf, self.n_threads, rows)
+        return buf[None].copy()
 
     def dirty_mask(self, node_name):
         """The output positions ``node_name`` recomputed in the last step (bool (OH, OW)),
