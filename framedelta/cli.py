@@ -18,6 +18,10 @@ from . import __version__
 from .errors import FramedeltaError
 
 IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# framedelta.converters.zoo.ZOO's names, spelled out: importing the zoo imports torch,
+# which `framedelta info` and `run` do not need (tests/test_cli.py checks they agree)
+ZOO_NAMES = ("unet", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+             "deeplabv3", "yolo", "fcn")
 
 
 def _shape(text):
@@ -161,7 +165,8 @@ def cmd_demo(args):
     torch.set_num_threads(args.threads)
     frames, source = _load_frames(args.video, args.frames, args.size)
     h, w = frames[0].shape[:2]
-    net = ZOO[args.model]()
+    # the detector's decoding grids are constants of the input size: built for it
+    net = ZOO[args.model](**({"img_size": (h, w)} if args.model == "yolo" else {}))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.out) if args.out else Path(tmp) / f"{args.model}.h5"
         print(f"converting {args.model} (plain PyTorch, random weights) for 1x3x{h}x{w} ...")
@@ -178,8 +183,10 @@ def cmd_demo(args):
             return net((x.float() / 255.0 - mean) / std)
 
     # the dense engine must agree with PyTorch before any speed is worth printing
-    y, yt = model.run(frames[0]), torch_eager(frames[0]).numpy()
-    worst = float(np.abs(y - yt).max() / (1 + np.abs(yt).max()))
+    ys, yts = model.run(frames[0]), torch_eager(frames[0])
+    ys = ys if isinstance(ys, tuple) else (ys,)
+    yts = [t.numpy() for t in (yts if isinstance(yts, (tuple, list)) else (yts,))]
+    worst = max(float(np.abs(y - yt).max() / (1 + np.abs(yt).max())) for y, yt in zip(ys, yts))
     report = compare_on_frames(model, frames, args.threshold, args.detector, 16,
                                extra={"PyTorch": torch_eager})
     _print_report(report)
@@ -225,7 +232,8 @@ def build_parser():
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="convert a bundled model and run it on a clip")
-    d.add_argument("--model", default="unet", choices=["unet", "resnet18", "mobilenet_v2"])
+    d.add_argument("--model", default="unet", choices=ZOO_NAMES,
+                   help="a model of framedelta.converters.zoo (default unet)")
     d.add_argument("--video", help="a video file instead of the bundled synthetic scene")
     d.add_argument("--frames", type=int, default=30, help="frames to run (default 30)")
     d.add_argument("--size", type=_size, default=(360, 480),

@@ -122,3 +122,12 @@ def test_run_refuses_a_model_without_preprocessing(tmp_path):
     fd.convert(net, torch.rand(1, 3, 32, 32), model_path)
     video = tmp_path / "missing.avi"
     assert main(["run", str(model_path), str(video)]) == 2
+
+
+def test_demo_offers_every_zoo_model(capsys):
+    from framedelta.cli import ZOO_NAMES
+    from framedelta.converters.zoo import ZOO
+    assert set(ZOO_NAMES) == set(ZOO)
+    assert main(["demo", "--model", "yolo", "--frames", "3", "--size", "64x96",
+                 "--threads", "1"]) == 0
+    assert "speed-up vs dense" in capsys.readouterr().out
