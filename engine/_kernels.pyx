@@ -355,6 +355,54 @@ cdef void _conv_tile_gathered(const float* x, int H, int W, int Cin, int G, int 
                Cout * sizeof(float))
 
 
+cdef void _conv_tile_runs(const float* x, int H, int W, int Cin, int OW,
+                          int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                          int oyi_lo, int oyi_hi, int oxi_lo, int oxi_hi,
+                          const float* wp, const float* bp, int N, float* out,
+                          const int* pix, int mr, int act, float lo, float hi,
+                          float* buf, float* tmp, int* rest, int min_run) noexcept nogil:
+    """Output pixels pix[0..mr) (ascending) of a conv with one group and dw == 1: runs of
+    consecutive interior pixels of one output row read their rows straight from x and
+    write straight to out, as conv2d's dense runs do; the others are gathered."""
+    cdef const float* segs[IMPLICIT_MAX_KH]
+    cdef int K = kh * kw * Cin
+    cdef int nb = 0, r = 0, e, q, oy, ox, ox_end, a, b, i, j
+    while r < mr:
+        q = pix[r]
+        oy = q // OW
+        ox = q - oy * OW
+        e = r + 1
+        while e < mr and pix[e] == pix[e - 1] + 1 and pix[e] - oy * OW < OW:
+            e += 1
+        ox_end = ox + (e - r)
+        a = ox_end
+        b = ox_end
+        if oyi_lo <= oy < oyi_hi:
+            a = max(ox, oxi_lo)
+            b = min(ox_end, oxi_hi)
+            if b - a < min_run:
+                a = ox_end
+                b = ox_end
+        for j in range(ox, a):
+            rest[nb] = oy * OW + j
+            nb += 1
+        if b > a:
+            for i in range(kh):
+                segs[i] = x + ((<Py_ssize_t>(oy * sh - pt + i * dh) * W) + a * sw - pl) * Cin
+            fd_gemm_seg(b - a, N, kh, segs, kw * Cin, sw * Cin, wp, 0, N, bp,
+                        out + (<Py_ssize_t>oy * OW + a) * N, N, act, lo, hi)
+            for j in range(b, ox_end):
+                rest[nb] = oy * OW + j
+                nb += 1
+        r = e
+    if nb == 0:
+        return
+    _im2col(x, H, W, Cin, 0, Cin, OW, kh, kw, sh, sw, pt, pl, dh, 1, 0, nb, rest, buf)
+    fd_gemm_bias_act_cols(nb, N, K, buf, K, wp, 0, N, bp, tmp, N, act, lo, hi)
+    for r in range(nb):
+        memcpy(out + <Py_ssize_t>rest[r] * N, tmp + <Py_ssize_t>r * N, N * sizeof(float))
+
+
 def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
                   float[:, :, ::1] out, const int[::1] pix, int kh, int kw, int sh, int sw,
                   int pt, int pl, int dh, int dw, int act, float act_min, float act_max,
@@ -362,9 +410,12 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[:
     """Convolution at the output pixels ``pix`` only (the incremental path).
 
     Same inputs as conv2d; ``out`` is the node's cache, updated at ``pix``. Tiles of
-    m_tile dirty pixels: gather their im2col rows, one gemm per tile and group with
-    bias and activation in its store, scatter the rows. gemm.h gives every element
-    the same bits whatever rows it is computed with, so this equals conv2d there.
+    m_tile dirty pixels: runs of consecutive interior pixels in an output row (a block
+    detector's changes come as such runs) read their rows from x and write to out
+    directly, as conv2d does; the other pixels gather their im2col rows, one gemm per
+    tile and group with bias and activation in its store, and scatter the rows. gemm.h
+    gives every element the same bits whatever rows it is computed with, so this equals
+    conv2d there.
     """
     cdef int H = x.shape[0], W = x.shape[1], Cin = x.shape[2]
     cdef int OW = out.shape[1], Cout = out.shape[2]
@@ -380,13 +431,32 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[:
     cdef int mt = max(1, min(m_tile, P))
     cdef int n_mt = (P + mt - 1) // mt
     n_threads = max(1, n_threads)
+    cdef int OH = out.shape[0]
+    # interior output pixels, as in conv2d
+    cdef int oyi_lo = (pt + sh - 1) // sh
+    cdef int oyi_hi = min(OH, (H - 1 - (kh - 1) * dh + pt) // sh + 1) \
+        if H - 1 - (kh - 1) * dh + pt >= 0 else 0
+    cdef int oxi_lo = (pl + sw - 1) // sw
+    cdef int oxi_hi = min(OW, (W - 1 - (kw - 1) * dw + pl) // sw + 1) \
+        if W - 1 - (kw - 1) * dw + pl >= 0 else 0
+    cdef bint runs = (G == 1 and dw == 1 and kh <= IMPLICIT_MAX_KH and oyi_hi > oyi_lo
+                      and oxi_hi - oxi_lo >= _implicit_min_run)
+    cdef int min_run = _implicit_min_run
     cdef float[:, ::1] cols = np.empty((n_threads, <Py_ssize_t>mt * K), np.float32)
     cdef float[:, ::1] tiles = np.empty((n_threads, <Py_ssize_t>mt * Cout), np.float32)
+    cdef int[:, ::1] rests = np.empty((n_threads, mt if runs else 1), np.intc)
     cdef int t, tid, m0
     with nogil, parallel(num_threads=n_threads):
         for t in prange(n_mt, schedule="dynamic"):
             tid = threadid()
             m0 = t * mt
+            if runs:
+                _conv_tile_runs(&x[0, 0, 0], H, W, Cin, OW, kh, kw, sh, sw, pt, pl, dh,
+                                oyi_lo, oyi_hi, oxi_lo, oxi_hi, &w[0, 0], &bias[0], N,
+                                &out[0, 0, 0], &pix[m0], min(mt, P - m0), act, act_min,
+                                act_max, &cols[tid, 0], &tiles[tid, 0], &rests[tid, 0],
+                                min_run)
+                continue
             _conv_tile_gathered(&x[0, 0, 0], H, W, Cin, G, OW, kh, kw, sh, sw, pt, pl, dh,
                                 dw, &w[0, 0], w.shape[1], &bias[0], K, N, &pix[m0],
                                 min(mt, P - m0), &cols[tid, 0], &tiles[tid, 0],

@@ -329,3 +329,45 @@ def test_instruction_sets_agree():
     for r in results.values():
         np.testing.assert_allclose(r[finite], reference(a, b, bias, 1)[finite], rtol=1e-5,
                                    atol=1e-4)
+
+
+@given(data=st.data())
+def test_masked_conv_runs_equal_dense(data):
+    """conv2d_masked reads runs of consecutive interior pixels straight from x (no
+    im2col): whatever the run length threshold, tile size and threads, the pixels it
+    computes have conv2d's bits and the others keep what the cache held."""
+    draw = data.draw
+    k = draw(st.sampled_from([1, 2, 3, 5]))
+    s = draw(st.sampled_from([1, 2]))
+    p = draw(st.integers(0, k // 2 + 1))
+    d = draw(st.sampled_from([1, 2])) if k > 1 else 1
+    cin, cout = draw(st.integers(1, 12)), draw(st.integers(1, 40))
+    h, w = draw(st.integers(k, 16)), draw(st.integers(k, 48))
+    oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
+    ow = (w + 2 * p - (k - 1) - 1) // s + 1
+    if oh < 1 or ow < 1:
+        return
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal((h, w, cin)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    wp = O.pack_conv_weight_gemm(wt, 1)
+    dense = np.empty((oh, ow, cout), np.float32)
+    K.conv2d(x, wp, bias, dense, k, k, s, s, p, p, d, 1, 1, 0.0, 0.0, 64, 1, 1)
+    # runs of random lengths in random rows, plus scattered pixels
+    mask = np.zeros((oh, ow), bool)
+    for _ in range(draw(st.integers(1, 6))):
+        y, x0 = rng.integers(0, oh), rng.integers(0, ow)
+        mask[y, x0:x0 + rng.integers(1, ow + 1)] = True
+    mask |= rng.random((oh, ow)) < 0.05
+    pix = np.flatnonzero(mask).astype(np.int32)
+    for min_run, m_tile, threads in [(1, 1000, 1), (3, 7, 2), (24, 50, 2), (10**6, 13, 1)]:
+        out = np.full((oh, ow, cout), np.float32(12345.0))
+        old = K.set_implicit_min_run(min_run)
+        try:
+            K.conv2d_masked(x, wp, bias, out, pix, k, k, s, s, p, p, d, 1, 1, 0.0, 0.0,
+                            m_tile, threads)
+        finally:
+            K.set_implicit_min_run(old)
+        assert_same_bits(out[mask], dense[mask])
+        assert (out[~mask] == 12345.0).all()
