@@ -21,6 +21,9 @@ from libc.math cimport INFINITY, erff, expf, log, pow, sqrtf, tanhf
 
 cdef extern from "rows.h" nogil:
     void fd_prelu_row(const float *x, const float *s, float *o, int n)
+    void fd_hardswish_row(const float *x, float *o, int n)
+    void fd_hardsigmoid_row(const float *x, float *o, int n)
+    void fd_leaky_relu_row(const float *x, float a, float *o, int n)
 
 cdef extern from "vexp.h" nogil:
     float fd_expf(float x)
@@ -122,11 +125,17 @@ def unary(const float[:, ::1] x, float[:, ::1] out, int op, float a, int n_threa
         return
     for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
         p = pp[k] if pp != NULL else k
-        # the exp-based ops as whole rows, which vectorise (engine/vexp.h)
+        # whole rows, branch-free, which vectorise (engine/vexp.h, engine/rows.h)
         if op == U_SILU:
             fd_silu_row(&x[p, 0], &out[p, 0], C)
         elif op == U_SIGMOID:
             fd_sigmoid_row(&x[p, 0], &out[p, 0], C)
+        elif op == U_HARDSWISH:
+            fd_hardswish_row(&x[p, 0], &out[p, 0], C)
+        elif op == U_HARDSIGMOID:
+            fd_hardsigmoid_row(&x[p, 0], &out[p, 0], C)
+        elif op == U_LEAKY_RELU:
+            fd_leaky_relu_row(&x[p, 0], a, &out[p, 0], C)
         else:
             for c in range(C):
                 out[p, c] = _unary(x[p, c], op, a)

@@ -41,4 +41,38 @@ static inline void fd_max_row(const float *restrict x, float *restrict o, int n)
     }
 }
 
+/* relu6(v + 3) in float32; NaN stays NaN */
+static inline float fd_relu6_plus3(float v)
+{
+    float r = v + 3.0f;
+    r = fd_select(r < 0.0f, 0.0f, r);
+    return fd_select(r > 6.0f, 6.0f, r);
+}
+
+/* hardswish: v * relu6(v + 3) / 6, torch's order of operations */
+static inline void fd_hardswish_row(const float *restrict x, float *restrict o, int n)
+{
+    for (int j = 0; j < n; j++) {
+        float v = x[j];
+        o[j] = v * fd_relu6_plus3(v) / 6.0f;
+    }
+}
+
+/* hardsigmoid: relu6(v + 3) / 6 */
+static inline void fd_hardsigmoid_row(const float *restrict x, float *restrict o, int n)
+{
+    for (int j = 0; j < n; j++)
+        o[j] = fd_relu6_plus3(x[j]) / 6.0f;
+}
+
+/* leaky_relu: v > 0 ? v : v * a */
+static inline void fd_leaky_relu_row(const float *restrict x, float a, float *restrict o,
+                                     int n)
+{
+    for (int j = 0; j < n; j++) {
+        float v = x[j];
+        o[j] = fd_select(v > 0.0f, v, v * a);
+    }
+}
+
 #endif
