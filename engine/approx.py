@@ -86,7 +86,8 @@ def load_thresholds(path):
         with open(path) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"layer_thresholds: cannot read {path}: {e}") from None
+        raise ValueError(f"layer_thresholds: cannot read {str(path)!r} (expected a number, "
+                         f'"auto", or a thresholds JSON file): {e}') from None
     return _thresholds_of(data, f"layer_thresholds file {path}")
 
 

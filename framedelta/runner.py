@@ -63,14 +63,16 @@ class VideoReport:
 
 
 def compare_on_frames(model, frames, threshold=8.0, detector="block", block=16,
-                      extra=None, progress=True, on_step=None):
+                      extra=None, progress=True, on_step=None, stream_kwargs=None):
     """Run ``model`` densely and as a stream over ``frames``; returns a VideoReport.
 
+    ``stream_kwargs``: more options of ``model.stream`` (e.g. ``layer_thresholds``).
     ``extra``: {name: callable(frame)} other engines timed on the same frames.
     ``on_step(frame, stream)``: called after each step (e.g. to draw the masks).
     """
     from tqdm import tqdm
-    stream = model.stream(threshold=threshold, detector=detector, block=block)
+    stream = model.stream(threshold=threshold, detector=detector, block=block,
+                          **(stream_kwargs or {}))
     extra = extra or {}
     report = VideoReport(0, extra_ms={k: [] for k in extra})
     it = tqdm(frames, unit="frame", disable=not progress)

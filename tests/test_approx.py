@@ -246,3 +246,28 @@ def test_labels_metric_counts_frames_whose_argmax_differs():
     assert clip_error(devs, "labels") == pytest.approx(1 / 3)
     assert clip_error(devs, "rel_l2") == pytest.approx(0.3)
     assert clip_error(devs, "max_abs") == pytest.approx(0.2)
+
+
+def test_cli_calibrate_writes_thresholds_that_run_uses(tmp_path, capsys):
+    cv2 = pytest.importorskip("cv2")
+    from framedelta.cli import main
+    from framedelta.formats import write_model
+    model = _small_model(n_threads=1)
+    path = tmp_path / "m.h5"
+    write_model(model.graph, path)
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for f in _frames(12, seed=6):
+        w.write(f)
+    w.release()
+    out = tmp_path / "t.json"
+    assert main(["calibrate", str(path), str(video), "--max-error", "0.05", "--frames", "10",
+                 "--threshold", "4", "--detector", "pixel", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["error"] <= 0.05 and f"{data['error']:.4g}" in text
+    assert main(["run", str(path), str(video), "--frames", "10", "--threshold", "4",
+                 "--detector", "pixel", "--layer-thresholds", str(out)]) == 0
+    assert main(["run", str(path), str(video), "--frames", "4",
+                 "--layer-thresholds", "0.05"]) == 0
+    assert main(["run", str(path), str(video), "--layer-thresholds", "fast"]) == 2
