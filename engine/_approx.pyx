@@ -13,6 +13,15 @@ from libc.math cimport fabsf
 
 ctypedef unsigned char u8
 
+# Below this many floats a loop runs on one thread: these loops are memory-bound copies
+# and compares, and a parallel region on a busy machine can wait a scheduler quantum for
+# its second thread (measured: up to 10-25 ms per call on 2 shared cores).
+DEF SERIAL_BELOW = 1 << 18
+
+
+cdef inline int _threads(Py_ssize_t n, int n_threads) nogil:
+    return 1 if n < SERIAL_BELOW else n_threads
+
 
 def gather_rows(const float[:, ::1] a, const int[::1] pix, float[:, ::1] out,
                 int n_threads):
@@ -20,7 +29,8 @@ def gather_rows(const float[:, ::1] a, const int[::1] pix, float[:, ::1] out,
     cdef Py_ssize_t n = pix.shape[0], C = a.shape[1], i, c, p
     if out.shape[0] < n or out.shape[1] != C:
         raise ValueError("gather_rows: inconsistent shapes")
-    for i in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
+    cdef int nt = _threads(n * C, n_threads)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         p = pix[i]
         for c in range(C):
             out[i, c] = a[p, c]
@@ -47,7 +57,8 @@ def suppress_rows(float[:, ::1] a, const float[:, ::1] old, const int[::1] pix, 
     cdef Py_ssize_t k = 0
     if old.shape[0] < n or old.shape[1] != C:
         raise ValueError("suppress_rows: inconsistent shapes")
-    for i in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
+    cdef int nt = _threads(n * C, n_threads)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         p = pix[i]
         if not _moved(&a[p, 0], &old[i, 0], C, t):
             for c in range(C):
@@ -66,7 +77,8 @@ def suppress_dense(float[:, ::1] a, const float[:, ::1] old, u8[::1] mask, float
     cdef Py_ssize_t k = 0
     if old.shape[0] != n or old.shape[1] != C or mask.shape[0] != n:
         raise ValueError("suppress_dense: inconsistent shapes")
-    for p in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
+    cdef int nt = _threads(n * C, n_threads)
+    for p in prange(n, nogil=True, num_threads=nt, schedule="static"):
         if mask[p] == 0 or not _moved(&a[p, 0], &old[p, 0], C, t):
             for c in range(C):
                 a[p, c] = old[p, c]
