@@ -192,6 +192,11 @@ class LayerThresholds:
     def threshold(self, name):
         return self.t.get(name)
 
+    @property
+    def nbytes(self):
+        """The scratch of the held-back rows (grows to the largest node recomputed)."""
+        return self._scratch.nbytes
+
     def _buffer(self, shape):
         n = int(np.prod(shape))
         if self._scratch.size < n:

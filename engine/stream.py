@@ -130,7 +130,8 @@ class Stream:
     @property
     def cache_bytes(self):
         """Bytes this stream holds: caches, reference input, masks' scratch."""
-        return sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
+        n = sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
+        return n + (self._approx.nbytes if self._approx is not None else 0)
 
     def step(self, x):
         """Feed the next input; returns the output(s) of ``model.run(reference_input)``.

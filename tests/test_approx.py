@@ -170,6 +170,23 @@ def test_held_back_se_scale_keeps_the_network_sparse():
     gap = next(n for n in s.last_stats.nodes if n.name == "gap")
     assert gap.suppressed_fraction == 1.0 and gap.error_bound > 0
     assert active["sig"] == 0.0
+    check_invariant(s, what="SE, masked")
+
+
+def test_dense_fallback_holds_back_too():
+    model = _se_model()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 32, 40)).astype(np.float32)
+    s = model.stream(layer_thresholds=0.1)
+    s.step(x)
+    before = None
+    for i in range(4):     # small noise everywhere: every position dirty, most held back
+        x = x + (rng.standard_normal(x.shape) * 0.02).astype(np.float32)
+        s.step(x)
+        check_invariant(s, before, f"step {i}")
+        before = {k: v.copy() for k, v in s._caches.items()}
+        c1 = next(n for n in s.last_stats.nodes if n.name == "c1")
+        assert c1.dense and 0.5 < c1.suppressed_fraction < 1.0, c1
 
 
 def test_options_are_validated():
@@ -271,3 +288,18 @@ def test_cli_calibrate_writes_thresholds_that_run_uses(tmp_path, capsys):
     assert main(["run", str(path), str(video), "--frames", "4",
                  "--layer-thresholds", "0.05"]) == 0
     assert main(["run", str(path), str(video), "--layer-thresholds", "fast"]) == 2
+
+
+def test_check_every_measures_the_approximate_error():
+    model = _small_model(n_threads=1)
+    s = model.stream(threshold=4, detector="pixel", layer_thresholds=0.5, check_every=3)
+    e = model.stream(threshold=4, detector="pixel")
+    seen = 0
+    for i, f in enumerate(_frames(12, seed=7)):
+        y, ye = s.step(f), e.step(f)
+        if (i + 1) % 3 == 0:
+            assert s.last_stats.check == deviation(y, ye)
+            seen += s.last_stats.check.max_abs > 0
+        else:
+            assert s.last_stats.check is None
+    assert seen > 0
