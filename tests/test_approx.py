@@ -285,6 +285,7 @@ def test_cli_calibrate_writes_thresholds_that_run_uses(tmp_path, capsys):
     assert data["error"] <= 0.05 and f"{data['error']:.4g}" in text
     assert main(["run", str(path), str(video), "--frames", "10", "--threshold", "4",
                  "--detector", "pixel", "--layer-thresholds", str(out)]) == 0
+    assert "held back %" in capsys.readouterr().out
     assert main(["run", str(path), str(video), "--frames", "4",
                  "--layer-thresholds", "0.05"]) == 0
     assert main(["run", str(path), str(video), "--layer-thresholds", "fast"]) == 2
