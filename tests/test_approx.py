@@ -304,3 +304,31 @@ def test_check_every_measures_the_approximate_error():
         else:
             assert s.last_stats.check is None
     assert seen > 0
+
+
+def test_pnet_trained_weights_keep_the_invariant_on_vtest(vtest_path, tmp_path):
+    from framedelta.converters.zoo.pnet import (PNET_MISSING, pnet, pnet_preprocess,
+                                                pnet_weights_path)
+    if pnet_weights_path() is None:
+        pytest.skip(PNET_MISSING)
+    torch = pytest.importorskip("torch")
+    import framedelta as fd
+    from framedelta.scenes import video_frames
+    frames = [np.ascontiguousarray(f[::3, ::3]) for f in video_frames(vtest_path, 40)]
+    h, w = frames[0].shape[:2]
+    fd.convert(pnet(), torch.rand(1, 3, h, w), tmp_path / "pnet.h5",
+               preprocess=pnet_preprocess())
+    model = fd.load(tmp_path / "pnet.h5", n_threads=1)
+    s = model.stream(threshold=8, detector="block", layer_thresholds=0.05, check_every=8)
+    e = model.stream(threshold=8, detector="block")
+    before, held, checks = None, 0.0, []
+    for i, f in enumerate(frames):
+        y, ye = s.step(f), e.step(f)
+        held += sum(n.suppressed_fraction for n in s.last_stats.nodes)
+        if i % 8 == 7:
+            check_invariant(s, before, f"frame {i}")
+            checks.append(s.last_check)
+            assert s.last_check == deviation(y, ye)
+        before = {k: v.copy() for k, v in s._caches.items()} if i % 8 == 6 else None
+    assert held > 0 and len(checks) == 5
+    assert max(c.max_abs for c in checks) > 0        # approximate, and measured as such
