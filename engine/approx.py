@@ -42,6 +42,9 @@ are computed whole (global ops, dense fallback) compare every dirty position the
     on them (:func:`calibrate`, bounds from ``calibration=``) and switches to the
     thresholds found; ``stream.calibration`` holds the result.
 
+A tensor whose engine layout has no position rows (a rank-4 tensor with a batch other
+than 1) stays exact under a relative spec; naming it in a dict is a ValueError.
+
 Nothing is stored in the model file: scales are measured per stream.
 """
 
