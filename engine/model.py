@@ -156,7 +156,7 @@ class Model:
         return np.array(to_torch(a, shape), order="C")
 
     def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None,
-               check_every=None):
+               check_every=None, layer_thresholds=None, calibration=None):
         """A new stream (one camera) with its own caches; see :class:`Stream`.
 
         ``threshold``: a position counts as changed when the max over channels of
@@ -165,10 +165,16 @@ class Model:
         max-over-channels change exceeds the threshold). ``check_every``: every N
         steps, run the model densely on the reference input and report the output's
         deviation from it in ``last_stats.check`` (:class:`checks.Deviation`).
+        ``layer_thresholds``: the approximate mode (approx.py), off when None: a number
+        (relative to each node's mean |output| on the first frame), a dict of absolute
+        per-node thresholds, a JSON file from ``framedelta calibrate``, or "auto"
+        (calibrate on the first frames; ``calibration``: dict of max_error, metric,
+        frames, output).
         """
         from .stream import Stream
         return Stream(self, threshold=threshold, detector=detector, block=block,
-                      n_threads=n_threads, check_every=check_every)
+                      n_threads=n_threads, check_every=check_every,
+                      layer_thresholds=layer_thresholds, calibration=calibration)
 
     def incremental_plan(self):
         """Per node: dense and masked kernels, receptive-field ranges, MACs (built once)."""

@@ -12,7 +12,11 @@ last output. Each step:
 3. the node recomputes its dirty positions into its cache with its masked kernel, or
    all of them with its dense kernel when the dirty fraction is above the op's
    fallback threshold (same per-position arithmetic either way). When more than
-   ``SCENE_CUT`` of the input changed, every node is recomputed whole at once.
+   ``SCENE_CUT`` of the input changed, every node is recomputed whole at once (exact
+   mode);
+4. optionally (``layer_thresholds``, approx.py: the approximate mode), a recomputed
+   position whose value moved by no more than the node's threshold gets its old value
+   back and leaves the node's output mask, so the change stops spreading there.
 
 Several streams on one model share the prepared weights and nothing else; two streams
 may step concurrently from two Python threads (the kernels release the GIL).
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _masks as I
+from .approx import LayerThresholds, calibrate
 from .checks import check_positive_or_none, deviation
 from .detect import Reference
 from ._layout import hwc_to_chw
@@ -51,6 +56,11 @@ class NodeStats:
     active_fraction: float     # fraction of output positions recomputed
     seconds: float
     dense: bool                # computed by the dense kernel (first step, fallback, global)
+    # approximate mode (layer_thresholds): of the node's output positions, the fraction
+    # recomputed but held back (not propagated); error_bound: the node's threshold t, so
+    # that per position max over channels |cache - layer(input caches)| <= t (None: exact)
+    suppressed_fraction: float = 0.0
+    error_bound: float = None
 
 
 @dataclass
@@ -72,7 +82,7 @@ class Stream:
     """Incremental execution of one model on one camera. Make it with ``model.stream()``."""
 
     def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None,
-                 check_every=None):
+                 check_every=None, layer_thresholds=None, calibration=None):
         from .model import effective_n_threads
         n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
         self._ref = Reference(model, threshold, detector, block, n_threads)
@@ -88,6 +98,13 @@ class Stream:
         self._last_masks = {}
         self._last_changed = False
         self._torch_outputs = {}          # image outputs in torch layout, (C, H, W)
+        self._approx = None               # approx.LayerThresholds; None: the exact mode
+        self.calibration = None           # approx.Calibration of layer_thresholds="auto"
+        if layer_thresholds is not None:
+            self._approx = LayerThresholds(model, self._plan, layer_thresholds, calibration)
+            self._approx.check_layouts(self._caches)
+        elif calibration is not None:
+            raise ValueError('calibration= applies only to layer_thresholds="auto"')
         self.reset()
 
     # --- public ----------------------------------------------------------------
@@ -102,6 +119,7 @@ class Stream:
         self._n_steps = 0
         self._last_changed = False
         self._scene_cut = False
+        self._calib_frames = []
 
     @property
     def reference_input(self):
@@ -122,8 +140,9 @@ class Stream:
     @property
     def cache_bytes(self):
         """Bytes this stream holds: caches, reference input, masks' scratch, outputs."""
-        return (sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
-                + sum(a.nbytes for a in self._torch_outputs.values()))
+        n = (sum(a.nbytes for a in self._caches.values()) + self._ref.nbytes
+             + sum(a.nbytes for a in self._torch_outputs.values()))
+        return n + (self._approx.nbytes if self._approx is not None else 0)
 
     def step(self, x):
         """Feed the next input; returns the output(s) of ``model.run(reference_input)``.
@@ -133,14 +152,17 @@ class Stream:
         """
         t0 = time.perf_counter()
         new, frame = self._ref.as_input(x)
-        if not self._ref.started:
+        first = not self._ref.started
+        if first:
             self._ref.first(new, frame)
             stats = self._run_nodes(None, first=True)
             self._last_changed = None
             self._scene_cut = False
         else:
             changed = self._ref.update(new, frame)
-            self._scene_cut = self._ref.changed_fraction > SCENE_CUT
+            # (not in the approximate mode: there a noisy frame's small changes are
+            # what the thresholds hold back, node by node)
+            self._scene_cut = self._approx is None and self._ref.changed_fraction > SCENE_CUT
             stats = self._run_nodes(None, first=True) if self._scene_cut \
                 else self._run_nodes(changed)
             self._last_changed = changed is not None
@@ -148,6 +170,8 @@ class Stream:
         whole = self._last_changed is None or self._scene_cut
         outs = tuple(self._output(t, whole) for t in self.model.graph.outputs)
         outs = outs[0] if len(outs) == 1 else outs
+        if self._approx is not None and self._approx.pending:
+            self._approx_pending(x, first)
         stats.seconds = time.perf_counter() - t0
         self._n_steps += 1
         if self.check_every and self._n_steps % self.check_every == 0:
@@ -178,7 +202,8 @@ class Stream:
 
     def dirty_mask(self, node_name):
         """The output positions ``node_name`` recomputed in the last step (bool (OH, OW)),
-        or None after a dense (first) step."""
+        or None after a dense (first) step. In the approximate mode: the positions it
+        propagated (recomputed and not held back)."""
         for step in self._plan:
             if step.node.name == node_name:
                 if self.last_change_mask is None:
@@ -197,6 +222,24 @@ class Stream:
                 return self.dirty_mask(step.node.name)
         return None
 
+    def _approx_pending(self, x, first):
+        """Approximate mode: thresholds from the first frame's scales, or "auto"'s
+        calibration on the first frames (run exactly until then)."""
+        a = self._approx
+        if first:
+            a.measure(self._caches)
+        if a.auto is None:
+            return
+        self._calib_frames.append(np.array(x, copy=True))
+        if len(self._calib_frames) < a.auto["frames"]:
+            return
+        self.calibration = calibrate(
+            self.model, self._calib_frames, a.auto["max_error"], a.auto["metric"],
+            a.auto["output"], self.threshold, self.detector, self.block, self.n_threads)
+        a.set_absolute(self.calibration.thresholds)
+        a.auto = None
+        self._calib_frames = []
+
     # --- propagation and compute ---------------------------------------------------
 
     def _run_nodes(self, changed, first=False):
@@ -211,6 +254,7 @@ class Stream:
         macs = dense_macs = 0
         node_stats = []
         nt = self.n_threads
+        approx = None if first else self._approx
         for step in self._plan:
             node = step.node
             out_name = node.outputs[0]
@@ -227,13 +271,21 @@ class Stream:
                 dense = not step.masked or frac > step.fallback
                 if frac == 0:
                     mask = None
+            held = 0
             if frac > 0:
-                step.run(inputs, out, nt, None if dense else I.mask_indices(mask))
+                if approx is None:
+                    step.run(inputs, out, nt, None if dense else I.mask_indices(mask))
+                else:
+                    mask, held = approx.run(step, inputs, out, nt, mask, dense)
             masks[out_name] = mask
             computed = 1.0 if dense and frac > 0 else frac
             macs += int(round(step.macs * computed))
             node_stats.append(NodeStats(node.name, node.op, computed,
                                         time.perf_counter() - t0, dense and frac > 0))
+            if self._approx is not None:
+                node_stats[-1].suppressed_fraction = held / max(1, step.mask_shape[0] *
+                                                                    step.mask_shape[1])
+                node_stats[-1].error_bound = self._approx.threshold(node.name)
         self._last_masks = masks
         return StepStats(0.0, macs, dense_macs, 0.0, node_stats)
 

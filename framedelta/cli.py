@@ -4,6 +4,8 @@
     framedelta convert pkg.module:factory --weights ckpt.pth --input-shape 1,3,360,480 -o net.h5
     framedelta info net.h5
     framedelta run net.h5 clip.mp4 --threshold 8 --detector block
+    framedelta run net.h5 clip.mp4 --layer-thresholds 0.05     # approximate mode
+    framedelta calibrate net.h5 clip.mp4 --max-error 0.01 -o thresholds.json
     framedelta demo [--video clip.mp4] [--frames 30]
 """
 
@@ -143,13 +145,45 @@ def cmd_run(args):
     try:
         from .runner import compare_on_frames
         report = compare_on_frames(model, frames, args.threshold, args.detector, args.block,
-                                   on_step=out)
+                                   on_step=out, stream_kwargs=_layer_thresholds(args))
     finally:
         if out is not None:
             out.close()
     _print_report(report, per_node=True)
     if out is not None:
         print(f"wrote {args.out_video}")
+    return 0
+
+
+def _layer_thresholds(args):
+    """--layer-thresholds: a number (relative), "auto", or a JSON file of `calibrate`."""
+    x = getattr(args, "layer_thresholds", None)
+    if x is None:
+        return {}
+    try:
+        return {"layer_thresholds": float(x)}
+    except ValueError:
+        return {"layer_thresholds": x}
+
+
+def cmd_calibrate(args):
+    """Per-node thresholds whose output error vs the exact mode stays under a bound."""
+    from . import load
+    from .engine.approx import calibrate
+    model = load(args.model, n_threads=args.threads)
+    if not model.takes_frames:
+        raise ValueError(f"{args.model} declares no image preprocessing, so it cannot take "
+                         "video frames: convert it with --frames-in")
+    frames, source = _load_frames(args.video, args.frames)
+    print(f"calibrating {args.model} on {len(frames)} frames of {source}: {args.metric} "
+          f"<= {args.max_error:g}, detector {args.detector}, threshold {args.threshold:g}")
+    cal = calibrate(model, frames, args.max_error, args.metric, args.output_index,
+                    args.threshold, args.detector, args.block)
+    print(cal.summary())
+    if args.output:
+        cal.save(args.output)
+        print(f"wrote {args.output} (use: model.stream(layer_thresholds={args.output!r}) "
+              f"or framedelta run ... --layer-thresholds {args.output})")
     return 0
 
 
@@ -229,7 +263,29 @@ def build_parser():
     r.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     r.add_argument("--threads", type=int, default=None, help="default: all cores")
     r.add_argument("--out-video", help="write the frames with the recomputed regions drawn")
+    r.add_argument("--layer-thresholds", metavar="X",
+                   help="approximate mode: a number (relative to each layer's mean |output| "
+                        "on the first frame), 'auto', or a JSON file from `calibrate`")
     r.set_defaults(func=cmd_run)
+
+    k = sub.add_parser("calibrate", help="approximate mode: per-layer thresholds within an "
+                                         "output error bound, measured on a video")
+    k.add_argument("model")
+    k.add_argument("video")
+    k.add_argument("--max-error", type=float, required=True,
+                   help="bound on the output error vs the exact mode (see --metric)")
+    k.add_argument("--metric", choices=["rel_l2", "max_abs", "labels"], default="rel_l2",
+                   help="worst frame's relative L2 or max abs, or 1 - the mean fraction "
+                        "of argmax labels equal (default rel_l2)")
+    k.add_argument("--output-index", type=int, default=None,
+                   help="measure this output only (default: the worst of all)")
+    k.add_argument("--frames", type=int, default=30, help="calibration frames (default 30)")
+    k.add_argument("--threshold", type=float, default=8.0)
+    k.add_argument("--detector", choices=["pixel", "block"], default="block")
+    k.add_argument("--block", type=int, default=16)
+    k.add_argument("--threads", type=int, default=None, help="default: all cores")
+    k.add_argument("-o", "--output", help="write the thresholds (JSON) here")
+    k.set_defaults(func=cmd_calibrate)
 
     d = sub.add_parser("demo", help="convert a bundled model and run it on a clip")
     d.add_argument("--model", default="unet", choices=ZOO_NAMES,

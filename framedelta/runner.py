@@ -21,6 +21,7 @@ class VideoReport:
     mac_ratio: list = field(default_factory=list)
     node_active: dict = field(default_factory=dict)    # node -> [active fraction]
     node_ops: dict = field(default_factory=dict)
+    node_held: dict = field(default_factory=dict)      # node -> [suppressed fraction]
     max_deviation: float = 0.0                         # vs dense of the reference input
     extra_ms: dict = field(default_factory=dict)       # other engines, e.g. "PyTorch"
 
@@ -55,22 +56,29 @@ class VideoReport:
         return "\n".join(lines)
 
     def node_table(self):
-        lines = [f"{'node':<28} {'op':<18} {'active %':>9}", "-" * 57]
+        held = any(any(v) for v in self.node_held.values())   # the approximate mode
+        lines = [f"{'node':<28} {'op':<18} {'active %':>9}" + (f" {'held back %':>12}"
+                                                                if held else ""),
+                 "-" * (70 if held else 57)]
         for name, vals in self.node_active.items():
             lines.append(f"{name[:28]:<28} {self.node_ops[name]:<18} "
-                         f"{100 * self._mean(vals):>8.1f}%")
+                         f"{100 * self._mean(vals):>8.1f}%" +
+                         (f" {100 * self._mean(self.node_held[name]):>11.1f}%" if held
+                          else ""))
         return "\n".join(lines)
 
 
 def compare_on_frames(model, frames, threshold=8.0, detector="block", block=16,
-                      extra=None, progress=True, on_step=None):
+                      extra=None, progress=True, on_step=None, stream_kwargs=None):
     """Run ``model`` densely and as a stream over ``frames``; returns a VideoReport.
 
+    ``stream_kwargs``: more options of ``model.stream`` (e.g. ``layer_thresholds``).
     ``extra``: {name: callable(frame)} other engines timed on the same frames.
     ``on_step(frame, stream)``: called after each step (e.g. to draw the masks).
     """
     from tqdm import tqdm
-    stream = model.stream(threshold=threshold, detector=detector, block=block)
+    stream = model.stream(threshold=threshold, detector=detector, block=block,
+                          **(stream_kwargs or {}))
     extra = extra or {}
     report = VideoReport(0, extra_ms={k: [] for k in extra})
     it = tqdm(frames, unit="frame", disable=not progress)
@@ -91,6 +99,7 @@ def compare_on_frames(model, frames, threshold=8.0, detector="block", block=16,
         for n in st.nodes:
             report.node_active.setdefault(n.name, []).append(n.active_fraction)
             report.node_ops[n.name] = n.op
+            report.node_held.setdefault(n.name, []).append(n.suppressed_fraction)
         if report.frames % 10 == 0:
             ref = model.run(stream.reference_input)
             ys, refs = (y, ref) if isinstance(y, tuple) else ((y,), (ref,))
