@@ -9,7 +9,7 @@ for images, one row holding the whole tensor for the others.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport fabsf
+from libc.math cimport fabsf, signbit
 
 ctypedef unsigned char u8
 
@@ -45,6 +45,10 @@ cdef inline bint _moved(const float* new, const float* old, Py_ssize_t C, float 
             # inf - inf is NaN: an unchanged infinite value has not moved
             if new[c] == old[c]:
                 continue
+            return True
+        if d == 0 and signbit(new[c]) != signbit(old[c]):
+            # +0 -> -0 moved by nothing, but 1 / x tells them apart: with t = 0 this
+            # keeps the exact mode's bits
             return True
     return False
 

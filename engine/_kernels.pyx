@@ -184,6 +184,14 @@ cdef void _im2col(const float* x, int H, int W, int Cin, int cin0, int cin_g,
                 dst += cin_g
 
 
+cdef inline void _interior(int n, int on, int k, int s, int p, int d, int* lo,
+                           int* hi) noexcept nogil:
+    """The output indices [lo, hi) along one axis whose k taps all fall inside the input
+    (a run of them reads its rows straight from the input)."""
+    lo[0] = (p + s - 1) // s
+    hi[0] = min(on, (n - 1 - (k - 1) * d + p) // s + 1) if n - 1 - (k - 1) * d + p >= 0 else 0
+
+
 cdef void _conv_tile_implicit(const float* x, int H, int W, int Cin, int OH, int OW,
                               int kh, int kw, int sh, int sw, int pt, int pl, int dh,
                               int oyi_lo, int oyi_hi, int oxi_lo, int oxi_hi,
@@ -275,12 +283,9 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0
                         and pl == 0 and OH == H and OW == W)
     # interior output pixels: every tap inside x (ranges [lo, hi) per axis)
-    cdef int oyi_lo = (pt + sh - 1) // sh
-    cdef int oyi_hi = min(OH, (H - 1 - (kh - 1) * dh + pt) // sh + 1) \
-        if H - 1 - (kh - 1) * dh + pt >= 0 else 0
-    cdef int oxi_lo = (pl + sw - 1) // sw
-    cdef int oxi_hi = min(OW, (W - 1 - (kw - 1) * dw + pl) // sw + 1) \
-        if W - 1 - (kw - 1) * dw + pl >= 0 else 0
+    cdef int oyi_lo, oyi_hi, oxi_lo, oxi_hi
+    _interior(H, OH, kh, sh, pt, dh, &oyi_lo, &oyi_hi)
+    _interior(W, OW, kw, sw, pl, dw, &oxi_lo, &oxi_hi)
     cdef bint implicit = (not direct and G == 1 and dw == 1 and kh <= IMPLICIT_MAX_KH
                           and oyi_hi > oyi_lo and oxi_hi - oxi_lo >= _implicit_min_run)
     cdef int min_run = _implicit_min_run
@@ -432,13 +437,9 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[:
     cdef int n_mt = (P + mt - 1) // mt
     n_threads = max(1, n_threads)
     cdef int OH = out.shape[0]
-    # interior output pixels, as in conv2d
-    cdef int oyi_lo = (pt + sh - 1) // sh
-    cdef int oyi_hi = min(OH, (H - 1 - (kh - 1) * dh + pt) // sh + 1) \
-        if H - 1 - (kh - 1) * dh + pt >= 0 else 0
-    cdef int oxi_lo = (pl + sw - 1) // sw
-    cdef int oxi_hi = min(OW, (W - 1 - (kw - 1) * dw + pl) // sw + 1) \
-        if W - 1 - (kw - 1) * dw + pl >= 0 else 0
+    cdef int oyi_lo, oyi_hi, oxi_lo, oxi_hi
+    _interior(H, OH, kh, sh, pt, dh, &oyi_lo, &oyi_hi)
+    _interior(W, OW, kw, sw, pl, dw, &oxi_lo, &oxi_hi)
     cdef bint runs = (G == 1 and dw == 1 and kh <= IMPLICIT_MAX_KH and oyi_hi > oyi_lo
                       and oxi_hi - oxi_lo >= _implicit_min_run)
     cdef int min_run = _implicit_min_run

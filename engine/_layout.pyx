@@ -20,7 +20,7 @@ def hwc_to_chw(const float[:, :, ::1] src, float[:, :, ::1] dst, int n_threads,
         raise ValueError("hwc_to_chw: inconsistent shapes")
     cdef Py_ssize_t n = H if rows is None else rows.shape[0]
     cdef Py_ssize_t k
-    cdef int y, x0, x1, x, c
+    cdef int y
     if rows is not None:
         for k in range(n):
             if rows[k] < 0 or rows[k] >= H:

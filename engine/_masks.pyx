@@ -19,7 +19,8 @@ ctypedef unsigned char u8
 cdef extern from "detect.h" nogil:
     void fd_maxdiff_u8(const u8* a, const u8* b, u8* d, long n, int c)
     long fd_pixel_mask_u8(const u8* d, int t, u8* out, long n)
-    void fd_tile_sums_u8(const u8* d, long w, long y0, long y1, int b, unsigned int* sums)
+    void fd_tile_sums_u8(const u8* d, long w, long y0, long y1, int b,
+                         unsigned long long* sums)
 
 # --- change detection ------------------------------------------------------------
 
@@ -64,10 +65,23 @@ def frame_to_input(const u8[:, :, ::1] frame, const float[:, ::1] lut, const int
     preprocessing, tabulated (Model.frame_lut: 256 values a channel, computed with the
     numpy formula, so the result has the formula's bits)."""
     cdef int H = frame.shape[0], W = frame.shape[1], C = out.shape[2], y, i, c
+    _check_lut(frame.shape[2], C, lut, src)
+    if out.shape[0] != H or out.shape[1] != W:
+        raise ValueError("frame_to_input: inconsistent shapes")
     for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
         for i in range(W):
             for c in range(C):
                 out[y, i, c] = lut[c, frame[y, i, src[c]]]
+
+
+cdef _check_lut(int frame_c, int C, const float[:, ::1] lut, const int[::1] src):
+    # the loops index frame channels through src and lut by pixel value unchecked
+    if lut.shape[0] != C or lut.shape[1] != 256 or src.shape[0] != C:
+        raise ValueError("frame tables: inconsistent shapes")
+    cdef int c
+    for c in range(C):
+        if src[c] < 0 or src[c] >= frame_c:
+            raise ValueError("frame tables: source channel out of range")
 
 
 def take_changed_u8(const u8[:, :, ::1] new, u8[:, :, ::1] ref, float[:, :, ::1] inp,
@@ -75,12 +89,17 @@ def take_changed_u8(const u8[:, :, ::1] new, u8[:, :, ::1] ref, float[:, :, ::1]
                     int n_threads):
     """Where mask is set: ref takes new's pixel, and inp its preprocessed value."""
     cdef int H = new.shape[0], W = new.shape[1], C = new.shape[2], y, i, c
+    cdef int CI = inp.shape[2]
+    _check_lut(C, CI, lut, src)
+    if (ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C or inp.shape[0] != H
+            or inp.shape[1] != W or mask.shape[0] != H or mask.shape[1] != W):
+        raise ValueError("take_changed_u8: inconsistent shapes")
     for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
         for i in range(W):
             if mask[y, i]:
                 for c in range(C):
                     ref[y, i, c] = new[y, i, c]
-                for c in range(C):
+                for c in range(CI):
                     inp[y, i, c] = lut[c, new[y, i, src[c]]]
 
 
@@ -334,7 +353,7 @@ def block_change_mask_u8(const u8[:, ::1] d, float t, int b, u8[:, ::1] out, int
     if H == 0 or W == 0:
         return 0
     cdef int nty = (H + b - 1) // b, ntx = (W + b - 1) // b
-    cdef unsigned int[:, ::1] sums = np.zeros((nty, ntx), np.uint32)
+    cdef unsigned long long[:, ::1] sums = np.zeros((nty, ntx), np.uint64)
     cdef int iy, ix, y, y0, y1, x0, x1
     cdef Py_ssize_t n = 0
     cdef bint ch

@@ -313,6 +313,12 @@ def calibrate(model, frames, max_error, metric="rel_l2", output=None, threshold=
     ``output``: the index of the output to measure, None for the worst of all).
     """
     max_error = _check_number(max_error, "max_error")
+    if not (isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool)
+            and iterations >= 0):
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if not (_check_number(lo, "lo") > 0 and _check_number(hi, "hi") >= lo):
+        raise ValueError(f"the multipliers must satisfy 0 < lo <= hi, got lo={lo!r}, "
+                         f"hi={hi!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     frames = list(frames)

@@ -55,16 +55,17 @@ static inline long fd_pixel_mask_u8(const uint8_t *restrict d, int t, uint8_t *r
 }
 
 /* one band of tile rows: rows [y0, y1) of a w-wide map, tiles b columns wide;
- * sums[tx] += the map's sum over tile tx's columns in those rows */
+ * sums[tx] += the map's sum over tile tx's columns in those rows (64 bits: a tile of
+ * more than 2^24 pixels would overflow 32) */
 static inline void fd_tile_sums_u8(const uint8_t *restrict d, long w, long y0, long y1,
-                                   int b, uint32_t *restrict sums)
+                                   int b, unsigned long long *restrict sums)
 {
     long ntx = (w + b - 1) / b;
     for (long y = y0; y < y1; y++) {
         const uint8_t *row = d + y * w;
         for (long tx = 0; tx < ntx; tx++) {
             long x0 = tx * b, x1 = x0 + b < w ? x0 + b : w;
-            uint32_t s = 0;
+            unsigned long long s = 0;
             for (long x = x0; x < x1; x++)
                 s += row[x];
             sums[tx] += s;

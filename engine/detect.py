@@ -91,7 +91,7 @@ class Reference:
         self.frames = frame
         if frame:
             self._frame = new.copy()
-            self.input[...] = self.model.frame_to_internal(new)
+            self.input[...] = self.model.frame_to_internal(new, self.n_threads)
         else:
             self.input[...] = new
         self.started = True

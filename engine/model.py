@@ -74,11 +74,17 @@ class Model:
         """True when the file declares image preprocessing: run() also takes uint8 frames."""
         return self.graph.input.preprocess is not None
 
-    def frame_to_internal(self, frame):
-        """A uint8 (H, W, 3) BGR frame -> the engine-layout input, per the input spec."""
+    def frame_to_internal(self, frame, n_threads=None):
+        """A uint8 (H, W, 3) BGR frame -> the engine-layout input, per the input spec
+        (ValueError for a frame this model cannot take)."""
+        if not self.is_frame(frame):
+            raise ValueError("expected a uint8 (H, W, 3) frame, received "
+                             f"{getattr(frame, 'dtype', type(frame).__name__)} "
+                             f"{getattr(frame, 'shape', '')}")
         lut, src = self.frame_lut
         out = np.empty(frame.shape[:2] + (lut.shape[0],), np.float32)
-        _masks.frame_to_input(np.ascontiguousarray(frame), lut, src, out, self.n_threads)
+        nt = self.n_threads if n_threads is None else effective_n_threads(n_threads)
+        _masks.frame_to_input(np.ascontiguousarray(frame), lut, src, out, nt)
         return out
 
     @property

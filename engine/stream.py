@@ -206,7 +206,7 @@ class Stream:
         propagated (recomputed and not held back)."""
         for step in self._plan:
             if step.node.name == node_name:
-                if self.last_change_mask is None:
+                if not self._ref.started or self._last_changed is None:
                     return None
                 if self._scene_cut:
                     return np.ones(step.mask_shape, bool)

@@ -141,11 +141,18 @@ def cmd_run(args):
     print(f"{args.model} on {len(frames)} frames of {source}: detector {args.detector}"
           f"{f' {args.block}' if args.detector == 'block' else ''}, threshold "
           f"{args.threshold:g}, {model.n_threads} threads")
+    stream_kwargs = _layer_thresholds(args)
+    if stream_kwargs.get("layer_thresholds") == "auto":
+        from .engine.approx import AUTO_DEFAULTS
+        if len(frames) <= AUTO_DEFAULTS["frames"]:
+            print(f"warning: --layer-thresholds auto calibrates on the first "
+                  f"{AUTO_DEFAULTS['frames']} frames and this run has {len(frames)}: it "
+                  "stays in the exact mode throughout", file=sys.stderr)
     out = _RegionVideo(args.out_video) if args.out_video else None
     try:
         from .runner import compare_on_frames
         report = compare_on_frames(model, frames, args.threshold, args.detector, args.block,
-                                   on_step=out, stream_kwargs=_layer_thresholds(args))
+                                   on_step=out, stream_kwargs=stream_kwargs)
     finally:
         if out is not None:
             out.close()

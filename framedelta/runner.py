@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .engine.checks import moved
+
 
 @dataclass
 class VideoReport:
@@ -104,8 +106,9 @@ def compare_on_frames(model, frames, threshold=8.0, detector="block", block=16,
             ref = model.run(stream.reference_input)
             ys, refs = (y, ref) if isinstance(y, tuple) else ((y,), (ref,))
             for a, b in zip(ys, refs):
-                dev = float(np.abs(a - b).max() / (1 + np.abs(b).max()))
-                report.max_deviation = max(report.max_deviation, dev)
+                scale = 1 + float(np.abs(b[np.isfinite(b)]).max(initial=0.0))
+                dev = float(moved(a, b).max(initial=0.0)) / scale   # a NaN counts: inf
+                report.max_deviation = float(np.max([report.max_deviation, dev]))
         if on_step is not None:
             on_step(frame, stream)
         report.frames += 1

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from framedelta.engine.approx import calibrate, clip_error
 from framedelta.engine.checks import deviation
 from framedelta.engine.model import Model
+from framedelta.engine.layout import to_torch
 from framedelta.formats.graph import Graph, InputSpec, Node
 from test_stream import (_frames, _small_model, assert_identical, frame_sequences, graphs,
                          stream_settings)
@@ -61,7 +62,7 @@ def check_invariant(s, before=None, what=""):
         if before is not None:
             changed = _position_max(_moved(cache, before[step.node.outputs[0]]), cache,
                                     step.mask_shape) > 0
-            prop = s.dirty_mask(name).reshape(-1)       # all of it after a scene cut
+            prop = s.dirty_mask(name).reshape(-1)
             if prop.size != changed.size:       # one position: the whole tensor
                 prop = np.full(changed.shape, bool(prop.any()))
             assert not (changed & ~prop).any(), \
@@ -94,8 +95,13 @@ def test_each_cache_is_its_layer_of_its_inputs_within_the_threshold(data):
     s = model.stream(layer_thresholds=rel, **settings)
     before = None
     for i, x in enumerate(frames):
-        s.step(x)
+        y = s.step(x)
         check_invariant(s, before, f"frame {i}, relative {rel}")
+        # what step() returns is what the caches hold (outputs kept in torch layout
+        # are updated on the propagated rows only)
+        caches = tuple(np.array(to_torch(s._caches[t], model.shapes[t]))
+                       for t in g.outputs)
+        assert_identical(y, caches if isinstance(y, tuple) else caches[0], f"frame {i}")
         before = {k: v.copy() for k, v in s._caches.items()}
         for n in s.last_stats.nodes:
             assert 0.0 <= n.suppressed_fraction <= n.active_fraction + 1e-12
@@ -214,6 +220,11 @@ def test_options_are_validated():
         calibrate(model, frames[:1], 0.1)
     with pytest.raises(ValueError, match="max_error"):
         calibrate(model, frames, -0.1)
+    for kw in ({"lo": 0.0}, {"lo": 2.0, "hi": 1.0}, {"hi": float("nan")}):
+        with pytest.raises(ValueError, match="lo|hi"):
+            calibrate(model, frames, 0.1, **kw)
+    with pytest.raises(ValueError, match="iterations"):
+        calibrate(model, frames, 0.1, iterations=-1)
 
 
 def test_calibration_meets_its_bound_and_its_file_reproduces_it(tmp_path):
@@ -330,3 +341,19 @@ def test_pnet_trained_weights_keep_the_invariant_on_vtest(vtest_path, tmp_path):
         before = {k: v.copy() for k, v in s._caches.items()} if i % 8 == 6 else None
     assert held > 0 and len(checks) == 5
     assert max(c.max_abs for c in checks) > 0        # approximate, and measured as such
+
+
+def test_no_scene_cut_shortcut_in_the_approximate_mode():
+    """A frame that changes almost everywhere (sensor noise under a low threshold) is
+    what the thresholds hold back node by node: the exact mode's scene-cut shortcut
+    (every node whole, no comparison) must not take it over."""
+    from framedelta.engine.stream import SCENE_CUT
+    model = _small_model(n_threads=1)
+    s = model.stream(threshold=0, detector="pixel", layer_thresholds=0.5)
+    f = _frames(1, seed=4)[0]
+    s.step(f)
+    noisy = np.clip(f.astype(int) + np.random.default_rng(0).integers(-2, 3, f.shape),
+                    0, 255).astype(np.uint8)
+    s.step(noisy)
+    assert s.last_stats.input_changed_fraction > SCENE_CUT
+    assert sum(n.suppressed_fraction for n in s.last_stats.nodes) > 0

@@ -45,3 +45,17 @@ def test_check_every_measures_on_its_steps_only():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="check_every"):
             model.stream(check_every=bad)
+
+
+def test_a_nan_the_exact_result_lacks_is_the_worst_deviation():
+    exact = np.ones((1, 3, 2, 2), np.float32)
+    y = exact.copy()
+    y[0, 1, 1, 1] = np.nan
+    d = deviation(y, exact)
+    assert d.max_abs == np.inf and d.rel_l2 == np.inf and not d.exact
+    both = exact.copy()
+    both[0, 0, 0, 0] = np.nan
+    assert deviation(both.copy(), both).exact          # NaN where the exact one has it
+    inf = exact.copy()
+    inf[0, 2, 0, 1] = np.inf
+    assert deviation(inf.copy(), inf).exact            # inf == inf has not moved

@@ -138,3 +138,17 @@ def test_dilate_mask_and_indices_match_numpy(h, w, oh, ow, density, seed):
     idx = I.mask_indices(m)
     assert idx.dtype == np.int32
     np.testing.assert_array_equal(idx, np.flatnonzero(m))
+
+
+def test_frame_tables_refuse_frames_that_do_not_fit():
+    model = _small_model()
+    with pytest.raises(ValueError, match="expected"):
+        model.frame_to_internal(np.zeros((24, 32, 1), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        model.frame_to_internal(np.zeros((24, 32, 3), np.float32))
+    lut, src = model.frame_lut
+    out = np.empty((24, 32, 3), np.float32)
+    with pytest.raises(ValueError, match="source channel"):
+        I.frame_to_input(np.zeros((24, 32, 2), np.uint8), lut, src, out, 1)
+    with pytest.raises(ValueError, match="inconsistent"):
+        I.frame_to_input(np.zeros((24, 31, 3), np.uint8), lut, src, out, 1)

@@ -22,12 +22,21 @@ from test_kernels import window_attrs
 
 
 def assert_identical(y, ref, what=""):
-    """Bit for bit: each position is computed by the same arithmetic in both paths."""
+    """Bit for bit (the sign of a zero included; NaNs equal whatever their payload): each
+    position is computed by the same arithmetic in both paths."""
     ys = y if isinstance(y, tuple) else (y,)
     refs = ref if isinstance(ref, tuple) else (ref,)
     assert len(ys) == len(refs)
     for a, b in zip(ys, refs):
-        np.testing.assert_array_equal(a, b, err_msg=what)
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        nan = np.isnan(a)
+        np.testing.assert_array_equal(nan, np.isnan(b), err_msg=f"{what}: NaNs")
+        bits = a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+        ref_bits = b.view(bits.dtype)
+        diff = (bits != ref_bits) & ~nan
+        assert not diff.any(), (f"{what}: {int(diff.sum())} elements differ in their bits, "
+                                f"e.g. {a[diff][:3]} vs {b[diff][:3]}")
 
 
 def assert_close(y, ref, what=""):
