@@ -131,7 +131,7 @@ class Model:
         return outs[0] if len(outs) == 1 else outs
 
     def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None,
-               check_every=None):
+               check_every=None, mode="layers", margin=None):
         """A new stream (one camera) with its own caches; see :class:`Stream`.
 
         ``threshold``: a position counts as changed when the max over channels of
@@ -140,10 +140,37 @@ class Model:
         max-over-channels change exceeds the threshold). ``check_every``: every N
         steps, run the model densely on the reference input and report the output's
         deviation from it in ``last_stats.check`` (:class:`checks.Deviation`).
+
+        ``mode``: "layers" (per-layer caches, :class:`Stream`) or "regions" (the whole
+        model re-run on crops around the changes, :class:`regions.RegionStream`;
+        ValueError naming the node when the model cannot run on crops). ``margin``
+        (regions only): "exact" (the default: crops cover the receptive field) or a
+        number of pixels (approximate; measure it with ``check_every``).
         """
+        if mode not in ("layers", "regions"):
+            raise ValueError(f'mode must be "layers" or "regions", got {mode!r}')
+        if mode == "regions":
+            from .regions import RegionStream
+            return RegionStream(self, threshold=threshold, detector=detector, block=block,
+                                n_threads=n_threads, check_every=check_every,
+                                margin="exact" if margin is None else margin)
+        if margin is not None:
+            raise ValueError(f'margin={margin!r} is an option of mode="regions" only')
         from .stream import Stream
         return Stream(self, threshold=threshold, detector=detector, block=block,
                       n_threads=n_threads, check_every=check_every)
+
+    def region_plan(self):
+        """What region streams share: alignment, receptive spans, crop models (built
+        once; ValueError naming the node when the model cannot run on crops)."""
+        with self._lock:
+            plan = getattr(self, "_region_plan", None)
+        if plan is None:
+            from .regions import RegionPlan
+            plan = RegionPlan(self)
+            with self._lock:
+                self._region_plan = getattr(self, "_region_plan", None) or plan
+        return self._region_plan
 
     def incremental_plan(self):
         """Per node: dense and masked kernels, receptive-field ranges, MACs (built once)."""

@@ -1,0 +1,546 @@
+"""Region re-run: the whole, unmodified model run densely on crops around what changed.
+
+The second way to skip what did not change (DESIGN.md). Instead of per-layer caches,
+a :class:`RegionStream` keeps only the model's last outputs. Each step:
+
+1. the stream's :class:`detect.Reference` detects the changed pixels and takes them
+   into the reference input (same detector, thresholds and uint8 handling as the
+   layer-wise stream, so ``step(x)`` still returns ``model.run(reference_input)``);
+2. the change mask's connected components (OpenCV's ``connectedComponentsWithStats``
+   on a grid of ``cell`` x ``cell`` cells) become boxes;
+3. each box becomes a crop of the input: with ``margin="exact"``, just wide enough to
+   hold every input pixel that the outputs the box affects depend on (the composed
+   receptive-field spans of ``receptive.input_spans``, so a left and right reach that
+   differ, from asymmetric pads, are both honoured); with ``margin=N``, the box grown
+   by N pixels. Crop origins are aligned to the model's total stride ``alignment``
+   (so that the crop's grid of every tensor lies on the full frame's grid), lengths
+   rounded up to a multiple of ``quantum`` (so few crop shapes recur), and crops are
+   clipped to the frame (a crop edge on the frame edge then has the frame's padding);
+4. boxes merge while running the union costs no more than running both apart, in the
+   cost model ``macs(crop) = dense_macs * crop_area / frame_area + CROP_OVERHEAD_MACS``
+   (the overhead stands for the per-crop fixed cost: crop copy, one Python dispatch per
+   node, small kernels' start-up); when the crops together cost more than one dense
+   pass the frame is run whole;
+5. each crop runs through a :class:`Model` of the same graph prepared for the crop's
+   shape (cached by shape, ``max_crop_models`` of them, least recently used dropped),
+   and per output the positions whose receptive field meets the box are pasted into
+   the output cache at their full-frame coordinates (the offset is the crop origin
+   times the output's stride ratio).
+
+Exactness. A crop output equals the full output at a position when every input pixel
+it depends on, counted on an unbounded frame (so padding taps count too), lies inside
+the crop, or beyond a crop edge that is the frame's edge. The stream computes these
+spans once on a graph re-shaped to the frame grown by a border of ``alignment``
+multiples, and with ``margin="exact"`` checks that every pasted position satisfies
+this. Because every pasted position is then computed by the same kernels with the same
+operands, the result matches ``model.run(reference_input)`` (the tests hold it to
+1e-5 * (1 + max |y|) and find it bit for bit).
+
+What can run on crops: every node must map an image to an image and commute with a
+shift of the input by ``alignment`` pixels. Global ops (global pooling, linear, group
+norm, softmax over H or W, concat on H or W, permute, reshape), adaptive pools and
+slices on H or W (their windows depend on the frame size), resizing by a ratio that is
+not an integer or with align_corners (its taps depend on the size), and constant
+operands of the frame's size (a YOLO Detect head's grids) cannot: ``model.stream(...,
+mode="regions")`` raises ValueError naming the first such node and why. A YOLO model
+therefore runs in this mode without its Detect head (its backbone and neck).
+
+Approximate margins: with ``margin=N`` smaller than the receptive-field reach a crop
+loses context at its edges and the pasted outputs deviate; ``check_every=N`` runs the
+model densely on the reference input every N steps and reports the deviation
+(:class:`checks.Deviation`) in ``last_stats.check``.
+"""
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+from framedelta.formats.ops import OPS, resolve_attrs
+
+from .checks import check_positive_or_none, deviation
+from .detect import Reference
+from .layout import internal_shape, to_torch
+from .receptive import input_spans, node_rule
+from .registry import RECEPTIVE_RULES
+from .stream import StepStats
+
+# The per-crop fixed cost in the merge cost model, as MACs: a crop pays one Python
+# dispatch per node (~20 us) and the crop copy; at ~10 GMAC/s on one core 20 us is
+# 2e5 MACs. Only the merging decisions depend on it, never the results.
+CROP_OVERHEAD_MACS_PER_NODE = 200_000
+
+# ops that commute with an aligned shift of the input; windowed ones need more checks
+_SPATIAL_WINDOW_OPS = {"conv2d", "max_pool2d", "avg_pool2d", "conv_transpose2d", "pad",
+                       "pixel_shuffle", "pixel_unshuffle", "upsample_nearest",
+                       "upsample_bilinear", "slice"}
+MARGINS_HELP = 'margin must be "exact" or a non-negative integer number of pixels'
+
+
+def check_margin(margin):
+    """"exact" or an int >= 0; ValueError otherwise."""
+    if margin == "exact" and isinstance(margin, str):
+        return margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+        raise ValueError(f"{MARGINS_HELP}, got {margin!r}")
+    return int(margin)
+
+
+def _cannot(node, why):
+    return ValueError(f"mode='regions' cannot run node {node.name!r} ({node.op}): {why}")
+
+
+def _resize_ratio(node, attrs, n_in, n_out, axis):
+    """The integer upscale factor of a resize along one axis, or ValueError."""
+    if n_out % n_in:
+        raise _cannot(node, f"it resizes axis {'HW'[axis]} from {n_in} to {n_out}, not by "
+                      "an integer factor, so its taps depend on the frame size")
+    k = n_out // n_in
+    if not math.isclose(attrs["scales"][axis] * k, 1.0, rel_tol=1e-6):
+        raise _cannot(node, f"its source step {attrs['scales'][axis]} is not 1/{k}")
+    return k
+
+
+def crop_strides(model):
+    """Per tensor (ry, rx): positions per input pixel as Fractions; ValueError naming the
+    first node that cannot run on a crop (see the module docstring)."""
+    graph, shapes = model.graph, model.shapes
+    ratios = {graph.input.name: (Fraction(1), Fraction(1))}
+    for node in graph.nodes:
+        attrs = resolve_attrs(OPS[node.op], node.attrs)
+        out_shape = shapes[node.outputs[0]]
+        in_shapes = [shapes[t] for t in node.inputs]
+        if len(out_shape) != 4 or any(len(s) != 4 for s in in_shapes):
+            raise _cannot(node, f"its output {tuple(out_shape)} or an input is not an image "
+                          "(1, C, H, W): region mode needs spatial outputs to paste")
+        if node_rule(node, shapes, RECEPTIVE_RULES) is None:
+            raise _cannot(node, "it is global: each output position depends on the whole "
+                          "frame, so no crop can compute it")
+        if "other_shape" in attrs and attrs["other_shape"] and \
+                any(d != 1 for d in tuple(attrs["other_shape"])[2:]):
+            raise _cannot(node, f"its constant operand {tuple(attrs['other_shape'])} has the "
+                          "frame's spatial size (e.g. a detection head's grid)")
+        if node.op not in _SPATIAL_WINDOW_OPS:
+            if OPS[node.op].category.value == "windowed":
+                raise _cannot(node, "its windows depend on the frame size")
+            rs = {ratios[t] for t in node.inputs}
+            if len(rs) != 1 or any(s[2:] != out_shape[2:] for s in in_shapes):
+                raise _cannot(node, "its inputs have different spatial sizes (broadcast over "
+                              "H or W)")
+            ratios[node.outputs[0]] = rs.pop()
+            continue
+        r = ratios[node.inputs[0]]
+        op = node.op
+        if op in ("conv2d", "max_pool2d", "avg_pool2d"):
+            f = tuple(Fraction(1, s) for s in attrs["stride"])
+        elif op == "conv_transpose2d":
+            f = tuple(Fraction(s) for s in attrs["stride"])
+        elif op == "pixel_shuffle":
+            f = (Fraction(attrs["upscale"]),) * 2
+        elif op == "pixel_unshuffle":
+            f = (Fraction(1, attrs["downscale"]),) * 2
+        elif op == "pad":
+            f = (Fraction(1),) * 2
+        elif op == "slice":
+            if attrs["axis"] != 1:
+                raise _cannot(node, f"it slices axis {attrs['axis']} (H or W): its window "
+                              "depends on the frame size")
+            f = (Fraction(1),) * 2
+        else:          # resizes
+            if op == "upsample_bilinear" and attrs["align_corners"]:
+                raise _cannot(node, "align_corners=True: its taps depend on the frame size")
+            f = tuple(Fraction(_resize_ratio(node, attrs, in_shapes[0][2 + a],
+                                             out_shape[2 + a], a)) for a in range(2))
+        ratios[node.outputs[0]] = (r[0] * f[0], r[1] * f[1])
+    return ratios
+
+
+def reshaped_graph(graph, shapes, h, w):
+    """The same graph (same weights, shared) for an input of H x W; resizes keep their
+    factor. ValueError (from check_graph) when some tensor would be empty."""
+    new_shapes = {graph.input.name: (1, graph.input.shape[1], h, w)}
+    nodes = []
+    for node in graph.nodes:
+        attrs = dict(node.attrs)
+        if node.op in ("upsample_nearest", "upsample_bilinear"):
+            old_in, old_out = shapes[node.inputs[0]], shapes[node.outputs[0]]
+            new_in = new_shapes[node.inputs[0]]
+            attrs["size"] = tuple(new_in[2 + a] * (old_out[2 + a] // old_in[2 + a])
+                                  for a in range(2))
+        schema = OPS[node.op]
+        full = resolve_attrs(schema, attrs)
+        out = tuple(schema.infer(full, [new_shapes[t] for t in node.inputs])[0])
+        if any(d < 1 for d in out):
+            raise ValueError(f"an input of {h}x{w} leaves node {node.name!r} empty")
+        new_shapes[node.outputs[0]] = out
+        nodes.append(Node(node.name, node.op, list(node.inputs), list(node.outputs), attrs,
+                          node.weights, node.source))
+    spec = InputSpec(graph.input.name, (1, graph.input.shape[1], h, w), graph.input.dtype,
+                     graph.input.preprocess)
+    return Graph(spec, nodes, list(graph.outputs), graph.producer)
+
+
+def _lcm(values):
+    out = 1
+    for v in values:
+        out = out * v // math.gcd(out, v)
+    return out
+
+
+class RegionPlan:
+    """What every region stream of one model shares: output strides, alignment, the
+    full-frame input spans of every output position, crop models by shape."""
+
+    def __init__(self, model, max_crop_models=16):
+        self.model = model
+        ratios = crop_strides(model)
+        self.alignment = tuple(_lcm(r[a].denominator for r in ratios.values())
+                               for a in range(2))
+        self.out_ratio = [ratios[t] for t in model.graph.outputs]
+        _, _, self.h, self.w = model.input_shape
+        self.quantum = tuple(s * max(1, -(-16 // s)) for s in self.alignment)
+        self.spans = self._unbounded_spans()
+        self.min_length = tuple(self._min_length(a) for a in range(2))
+        dense = model.incremental_plan()
+        self.dense_macs = sum(s.macs for s in dense)
+        self.crop_overhead = CROP_OVERHEAD_MACS_PER_NODE * len(dense)
+        self.max_crop_models = max_crop_models
+        self._crops = OrderedDict()           # (h, w) -> (Model, macs)
+        self.prepare_seconds = []             # per crop model built: seconds to prepare
+
+    def _unbounded_spans(self):
+        """Per output, per axis (first, last) in full-frame input coordinates, counted on
+        a frame grown by a border wide enough that no span reaches the border: taps in
+        the frame's padding count as pixels beyond the edge."""
+        g, shapes = self.model.graph, self.model.shapes
+        border = [s * 2 for s in self.alignment]
+        while True:
+            eh, ew = self.h + 2 * border[0], self.w + 2 * border[1]
+            ext = reshaped_graph(g, shapes, eh, ew)
+            spans = input_spans(ext, check_graph(ext), RECEPTIVE_RULES)
+            out, ok = [], True
+            for t, ratio in zip(g.outputs, self.out_ratio):
+                axes = []
+                for a, n_full in enumerate(shapes[t][2:]):
+                    off = int(border[a] * ratio[a])
+                    first, last = (v[off:off + n_full] for v in spans[t][a])
+                    real = first <= last
+                    ext_n = (eh, ew)[a]
+                    if real.any() and (first[real].min() <= 0 or last[real].max() >= ext_n - 1):
+                        ok = False
+                    axes.append((first - border[a], last - border[a]))
+                out.append(axes)
+            if ok:
+                return out
+            border = [b * 2 for b in border]
+
+    def _min_length(self, axis):
+        """The shortest crop (a multiple of the quantum) every node has room in."""
+        q, n = self.quantum[axis], (self.h, self.w)[axis]
+        length = q
+        while length < n:
+            try:
+                size = (length, self.w) if axis == 0 else (self.h, length)
+                reshaped_graph(self.model.graph, self.model.shapes, *size)
+                return length
+            except ValueError:
+                length += q
+        return n
+
+    def reach(self):
+        """(top, left, bottom, right): how far beyond a changed pixel the exact crop
+        reaches, the most over pixels of one alignment period in the frame's middle."""
+        out = []
+        for a, n in enumerate((self.h, self.w)):
+            lo = hi = 0
+            for p in range(n // 2, min(n, n // 2 + self.alignment[a])):
+                need = self.need(a, p, p + 1)
+                lo, hi = max(lo, p - need[0]), max(hi, need[1] - p - 1)
+            out.append((lo, hi))
+        return out[0][0], out[1][0], out[0][1], out[1][1]
+
+    def affected(self, axis, y0, y1):
+        """Per output, the [o0, o1) positions along ``axis`` whose inputs meet [y0, y1)."""
+        out = []
+        for axes in self.spans:
+            first, last = axes[axis]
+            hit = np.flatnonzero((first < y1) & (last >= y0))
+            out.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0))
+        return out
+
+    def need(self, axis, y0, y1):
+        """[lo, hi): the input pixels (unclipped) the outputs affected by [y0, y1) read."""
+        lo, hi = y0, y1
+        for axes, (o0, o1) in zip(self.spans, self.affected(axis, y0, y1)):
+            if o1 > o0:
+                first, last = axes[axis][0][o0:o1], axes[axis][1][o0:o1]
+                real = first <= last
+                if real.any():
+                    lo, hi = min(lo, int(first[real].min())), max(hi, int(last[real].max()) + 1)
+        return lo, hi
+
+    def crop_axis(self, axis, y0, y1, margin):
+        """[a, b): the crop along one axis for changed pixels [y0, y1)."""
+        n, s, q = (self.h, self.w)[axis], self.alignment[axis], self.quantum[axis]
+        lo, hi = self.need(axis, y0, y1) if margin == "exact" else (y0 - margin, y1 + margin)
+        a = max(0, lo // s * s)
+        length = max(-(-(hi - a) // q) * q, self.min_length[axis])
+        return (a, n) if a + length >= n else (a, a + length)
+
+    def valid(self, index, axis, a, b):
+        """[o0, o1) of output ``index`` along ``axis`` whose inputs all lie in a crop
+        [a, b) (or beyond a crop edge that is the frame's edge)."""
+        first, last = self.spans[index][axis]
+        lo = -np.inf if a == 0 else a
+        hi = np.inf if b == (self.h, self.w)[axis] else b
+        ok = ((first >= lo) & (last < hi)) | (first > last)
+        return ok
+
+    def crop_model(self, h, w):
+        """(Model, dense MACs) for an h x w crop, prepared once and cached by shape."""
+        from .model import Model
+        key = (h, w)
+        if key in self._crops:
+            self._crops.move_to_end(key)
+            return self._crops[key], 0.0
+        t0 = time.perf_counter()
+        g = reshaped_graph(self.model.graph, self.model.shapes, h, w)
+        m = Model(g, self.model.path, n_threads=self.model.n_threads)
+        macs = sum(s.macs for s in m.incremental_plan())
+        dt = time.perf_counter() - t0
+        self.prepare_seconds.append(dt)
+        self._crops[key] = (m, macs)
+        while len(self._crops) > self.max_crop_models:
+            self._crops.popitem(last=False)
+        return self._crops[key], dt
+
+    def cost(self, h, w):
+        return self.dense_macs * (h * w) / (self.h * self.w) + self.crop_overhead
+
+
+def run_engine(model, xi, n_threads):
+    """Dense pass of ``model`` on an engine-layout input; the outputs' buffers (engine
+    layout, owned by the model: read them before its next run)."""
+    env = {model.graph.input.name: xi}
+    for node, run, out in model._steps:
+        run([env[t] for t in node.inputs], out, n_threads)
+        env[node.outputs[0]] = out
+    return [env[t] for t in model.graph.outputs]
+
+
+@dataclass
+class RegionStats(StepStats):
+    """StepStats of a region step: ``regions`` are the crops run, (y0, x0, y1, x1) in
+    input pixels; ``cropped_fraction`` their area over the frame's; ``prepare_seconds``
+    what preparing crop models of new shapes cost in this step."""
+    regions: list = field(default_factory=list)
+    cropped_fraction: float = 0.0
+    prepare_seconds: float = 0.0
+
+
+class RegionStream:
+    """Region re-run of one model on one camera. Make it with
+    ``model.stream(mode="regions", margin="exact" | N)``."""
+
+    def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None,
+                 check_every=None, margin="exact", cell=8):
+        from .model import effective_n_threads
+        self.margin = check_margin(margin)
+        if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
+            raise ValueError(f"cell must be a positive integer, got {cell!r}")
+        self.cell = int(cell)
+        n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
+        self._ref = Reference(model, threshold, detector, block, n_threads)
+        self.check_every = check_positive_or_none(check_every, "check_every")
+        self.model = model
+        self.n_threads = n_threads
+        self.plan = model.region_plan()
+        try:
+            import cv2
+        except ImportError as e:
+            raise ImportError("mode='regions' finds changed regions with OpenCV: "
+                              "pip install opencv-python-headless (or framedelta[regions])"
+                              ) from e
+        self._cv2 = cv2
+        self._caches = [np.empty(internal_shape(model.shapes[t]), np.float32)
+                        for t in model.graph.outputs]
+        self.last_stats = None
+        self.last_check = None
+        self._last_changed = False
+        self.reset()
+
+    threshold = property(lambda self: self._ref.threshold)
+    detector = property(lambda self: self._ref.detector)
+    block = property(lambda self: self._ref.block)
+
+    @property
+    def exact_margin(self):
+        """(top, left, bottom, right) pixels: the reach ``margin="exact"`` grows a changed
+        pixel by (from the composed receptive fields; left and right may differ)."""
+        return self.plan.reach()
+
+    def reset(self):
+        """Forget the reference: the next step computes densely."""
+        self._ref.reset()
+        self._n_steps = 0
+        self._last_changed = False
+
+    @property
+    def reference_input(self):
+        """The input the outputs represent now (as :attr:`Stream.reference_input`)."""
+        return self._ref.value()
+
+    @property
+    def last_change_mask(self):
+        """bool (H, W): what the detector counted changed in the last step; None after
+        a dense (first) step."""
+        if not self._ref.started or self._last_changed is None:
+            return None
+        if self._last_changed is False:
+            return np.zeros(self._ref.change.shape, bool)
+        return self._ref.change.astype(bool)
+
+    def deepest_dirty_mask(self):
+        """bool (H, W): the input area of the crops run in the last step (None after a
+        dense step), so `framedelta run --out-video` can draw it."""
+        if self.last_stats is None or self._last_changed is None:
+            return None
+        m = np.zeros((self.plan.h, self.plan.w), np.uint8)
+        for y0, x0, y1, x1 in self.last_stats.regions:
+            m[y0:y1, x0:x1] = 1
+        return m
+
+    @property
+    def cache_bytes(self):
+        """Bytes this stream holds: output caches and reference input (crop models are
+        shared by every region stream of the model: ``model.region_plan()``)."""
+        return sum(a.nbytes for a in self._caches) + self._ref.nbytes
+
+    def step(self, x):
+        """Feed the next input; returns the output(s) of ``model.run(reference_input)``
+        (exactly with ``margin="exact"``; within the deviation ``check_every`` measures
+        otherwise)."""
+        t0 = time.perf_counter()
+        new, frame = self._ref.as_input(x)
+        stats = RegionStats(0.0, 0, self.plan.dense_macs, 0.0)
+        if not self._ref.started:
+            self._ref.first(new, frame)
+            self._run_whole(stats)
+            self._last_changed = None
+        else:
+            changed = self._ref.update(new, frame)
+            self._last_changed = changed is not None
+            if changed is not None:
+                self._run_regions(changed, stats)
+        stats.input_changed_fraction = self._ref.changed_fraction
+        outs = tuple(np.array(to_torch(c, self.model.shapes[t]), order="C")
+                     for c, t in zip(self._caches, self.model.graph.outputs))
+        outs = outs[0] if len(outs) == 1 else outs
+        stats.seconds = time.perf_counter() - t0
+        self._n_steps += 1
+        if self.check_every and self._n_steps % self.check_every == 0:
+            stats.check = self.last_check = deviation(
+                outs, self.model.run(self.reference_input, n_threads=self.n_threads))
+        self.last_stats = stats
+        return outs
+
+    # --- regions -----------------------------------------------------------------
+
+    def _run_whole(self, stats):
+        with self.model._lock:
+            for c, y in zip(self._caches, run_engine(self.model, self._ref.input,
+                                                     self.n_threads)):
+                c[...] = y
+        stats.macs = self.plan.dense_macs
+        stats.regions = [(0, 0, self.plan.h, self.plan.w)]
+        stats.cropped_fraction = 1.0
+
+    def boxes(self, changed):
+        """The changed pixels' connected components as (y0, x0, y1, x1) boxes, on the
+        grid of cell x cell cells (eight-connected)."""
+        c = self.cell
+        h, w = changed.shape
+        gh, gw = -(-h // c), -(-w // c)
+        pad = np.zeros((gh * c, gw * c), np.uint8)
+        pad[:h, :w] = changed
+        grid = pad.reshape(gh, c, gw, c).max(axis=(1, 3))
+        n, _, st, _ = self._cv2.connectedComponentsWithStats(grid, connectivity=8)
+        out = []
+        for x, y, bw, bh, _ in st[1:n]:
+            out.append((y * c, x * c, min(h, (y + bh) * c), min(w, (x + bw) * c)))
+        return out
+
+    def _crop(self, box):
+        y0, x0, y1, x1 = box
+        a, b = self.plan.crop_axis(0, y0, y1, self.margin)
+        c, d = self.plan.crop_axis(1, x0, x1, self.margin)
+        return a, c, b, d
+
+    def merged_crops(self, boxes):
+        """[(box, crop)] after merging while the union is no dearer than both apart."""
+        items = [(b, self._crop(b)) for b in boxes]
+        cost = self.plan.cost
+        while len(items) > 1:
+            best = None
+            for i in range(len(items)):
+                ci = items[i][1]
+                cost_i = cost(ci[2] - ci[0], ci[3] - ci[1])
+                for j in range(i + 1, len(items)):
+                    cj = items[j][1]
+                    u = (min(ci[0], cj[0]), min(ci[1], cj[1]), max(ci[2], cj[2]),
+                         max(ci[3], cj[3]))
+                    saving = cost_i + cost(cj[2] - cj[0], cj[3] - cj[1]) \
+                        - cost(u[2] - u[0], u[3] - u[1])
+                    if saving >= 0 and (best is None or saving > best[0]):
+                        best = (saving, i, j)
+            if best is None:
+                break
+            _, i, j = best
+            bi, bj = items[i][0], items[j][0]
+            box = (min(bi[0], bj[0]), min(bi[1], bj[1]), max(bi[2], bj[2]), max(bi[3], bj[3]))
+            items = [it for k, it in enumerate(items) if k not in (i, j)]
+            items.append((box, self._crop(box)))
+        return items
+
+    def _run_regions(self, changed, stats):
+        items = self.merged_crops(self.boxes(changed))
+        plan = self.plan
+        area = sum((c[2] - c[0]) * (c[3] - c[1]) for _, c in items)
+        if sum(plan.cost(c[2] - c[0], c[3] - c[1]) for _, c in items) >= plan.dense_macs:
+            self._run_whole(stats)
+            return
+        stats.cropped_fraction = area / (plan.h * plan.w)
+        for box, (a, c, b, d) in items:
+            (m, macs), dt = plan.crop_model(b - a, d - c)
+            stats.prepare_seconds += dt
+            stats.macs += macs
+            stats.regions.append((a, c, b, d))
+            xi = np.ascontiguousarray(self._ref.input[a:b, c:d])
+            rows = plan.affected(0, box[0], box[2])
+            cols = plan.affected(1, box[1], box[3])
+            with m._lock:
+                outs = run_engine(m, xi, self.n_threads)
+                for k, (y, cache) in enumerate(zip(outs, self._caches)):
+                    self._paste(k, y, cache, rows[k], cols[k], (a, c, b, d))
+
+    def _paste(self, k, y, cache, rows, cols, crop):
+        a, c, b, d = crop
+        ry, rx = self.plan.out_ratio[k]
+        oy, ox = int(a * ry), int(c * rx)          # the crop's origin on this output's grid
+        (r0, r1), (c0, c1) = rows, cols
+        # an approximate margin may leave affected positions outside the crop's grid
+        r0, r1 = max(r0, oy), min(r1, oy + y.shape[0])
+        c0, c1 = max(c0, ox), min(c1, ox + y.shape[1])
+        if r0 >= r1 or c0 >= c1:
+            return
+        if self.margin == "exact":
+            vr = self.plan.valid(k, 0, a, b)[r0:r1]
+            vc = self.plan.valid(k, 1, c, d)[c0:c1]
+            if not (vr.all() and vc.all()):
+                raise RuntimeError(f"internal: exact crop {crop} does not cover the "
+                                   f"receptive field of output {k} rows {rows} cols {cols}")
+        cache[r0:r1, c0:c1] = y[r0 - oy:r1 - oy, c0 - ox:c1 - ox]
