@@ -162,6 +162,7 @@ def crop_strides(model):
 def reshaped_graph(graph, shapes, h, w):
     """The same graph (same weights, shared) for an input of H x W; resizes keep their
     factor. ValueError (from check_graph) when some tensor would be empty."""
+    h, w = int(h), int(w)
     new_shapes = {graph.input.name: (1, graph.input.shape[1], h, w)}
     nodes = []
     for node in graph.nodes:
@@ -169,7 +170,7 @@ def reshaped_graph(graph, shapes, h, w):
         if node.op in ("upsample_nearest", "upsample_bilinear"):
             old_in, old_out = shapes[node.inputs[0]], shapes[node.outputs[0]]
             new_in = new_shapes[node.inputs[0]]
-            attrs["size"] = tuple(new_in[2 + a] * (old_out[2 + a] // old_in[2 + a])
+            attrs["size"] = tuple(int(new_in[2 + a]) * (old_out[2 + a] // old_in[2 + a])
                                   for a in range(2))
         schema = OPS[node.op]
         full = resolve_attrs(schema, attrs)
@@ -471,7 +472,7 @@ class RegionStream:
         n, _, st, _ = self._cv2.connectedComponentsWithStats(grid, connectivity=8)
         out = []
         for x, y, bw, bh, _ in st[1:n]:
-            out.append((y * c, x * c, min(h, (y + bh) * c), min(w, (x + bw) * c)))
+            out.append((int(y) * c, int(x) * c, min(h, int(y + bh) * c), min(w, int(x + bw) * c)))
         return out
 
     def _crop(self, box):
