@@ -65,7 +65,7 @@ from framedelta.formats.ops import OPS, resolve_attrs
 from .checks import check_positive_or_none, deviation
 from .detect import Reference
 from .layout import internal_shape, to_torch
-from .receptive import input_spans, node_rule
+from .receptive import SAME, input_spans, node_rule
 from .registry import RECEPTIVE_RULES
 from .stream import StepStats
 
@@ -159,6 +159,11 @@ def crop_strides(model):
     return ratios
 
 
+def crop_strides_of(ratios, axis):
+    """{tensor: positions per input pixel along ``axis``}."""
+    return {t: r[axis] for t, r in ratios.items()}
+
+
 def reshaped_graph(graph, shapes, h, w):
     """The same graph (same weights, shared) for an input of H x W; resizes keep their
     factor. ValueError (from check_graph) when some tensor would be empty."""
@@ -199,11 +204,14 @@ class RegionPlan:
     def __init__(self, model, max_crop_models=16):
         self.model = model
         ratios = crop_strides(model)
+        self._ratios = ratios
+        self._validity = {}                   # (axis, length, edges) -> per output
         self.alignment = tuple(_lcm(r[a].denominator for r in ratios.values())
                                for a in range(2))
         self.out_ratio = [ratios[t] for t in model.graph.outputs]
         _, _, self.h, self.w = model.input_shape
         self.quantum = tuple(s * max(1, -(-16 // s)) for s in self.alignment)
+        self._sizes = {}                      # (axis, crop length) -> output lengths
         self.spans = self._unbounded_spans()
         self.min_length = tuple(self._min_length(a) for a in range(2))
         dense = model.incremental_plan()
@@ -215,29 +223,39 @@ class RegionPlan:
 
     def _unbounded_spans(self):
         """Per output, per axis (first, last) in full-frame input coordinates, counted on
-        a frame grown by a border wide enough that no span reaches the border: taps in
-        the frame's padding count as pixels beyond the edge."""
-        g, shapes = self.model.graph, self.model.shapes
+        a frame grown by a border wide enough that no span meets the border: taps in the
+        frame's padding count as pixels beyond the edge. The border doubles until
+        doubling it changes no span (a span clipped anywhere on the way, at an
+        intermediate tensor's edge too, grows when the border does)."""
         border = [s * 2 for s in self.alignment]
+        spans = self._spans_with_border(border)
         while True:
-            eh, ew = self.h + 2 * border[0], self.w + 2 * border[1]
-            ext = reshaped_graph(g, shapes, eh, ew)
-            spans = input_spans(ext, check_graph(ext), RECEPTIVE_RULES)
-            out, ok = [], True
-            for t, ratio in zip(g.outputs, self.out_ratio):
-                axes = []
-                for a, n_full in enumerate(shapes[t][2:]):
-                    off = int(border[a] * ratio[a])
-                    first, last = (v[off:off + n_full] for v in spans[t][a])
-                    real = first <= last
-                    ext_n = (eh, ew)[a]
-                    if real.any() and (first[real].min() <= 0 or last[real].max() >= ext_n - 1):
-                        ok = False
-                    axes.append((first - border[a], last - border[a]))
-                out.append(axes)
-            if ok:
-                return out
-            border = [b * 2 for b in border]
+            wider = [b * 2 for b in border]
+            spans2 = self._spans_with_border(wider)
+            if all(np.array_equal(u, v) for s1, s2 in zip(spans, spans2)
+                   for a1, a2 in zip(s1, s2) for u, v in zip(a1, a2)):
+                self.border = border
+                return spans
+            if max(wider[0] - self.h, wider[1] - self.w) > 4 * max(self.h, self.w) + 4096:
+                raise ValueError("mode='regions': the receptive field of this model does not "
+                                 "settle on a bounded frame (spans grow with the border)")
+            border, spans = wider, spans2
+
+    def _spans_with_border(self, border):
+        g, shapes = self.model.graph, self.model.shapes
+        ext = reshaped_graph(g, shapes, self.h + 2 * border[0], self.w + 2 * border[1])
+        spans = input_spans(ext, check_graph(ext), RECEPTIVE_RULES)
+        out = []
+        for t, ratio in zip(g.outputs, self.out_ratio):
+            axes = []
+            for a, n_full in enumerate(shapes[t][2:]):
+                off = int(border[a] * ratio[a])
+                first, last = (v[off:off + n_full] for v in spans[t][a])
+                real = first <= last          # positions that read nothing keep their marks
+                axes.append((np.where(real, first - border[a], first),
+                             np.where(real, last - border[a], last)))
+            out.append(axes)
+        return out
 
     def _min_length(self, axis):
         """The shortest crop (a multiple of the quantum) every node has room in."""
@@ -285,21 +303,118 @@ class RegionPlan:
         return lo, hi
 
     def crop_axis(self, axis, y0, y1, margin):
-        """[a, b): the crop along one axis for changed pixels [y0, y1)."""
+        """[a, b): the crop along one axis for changed pixels [y0, y1). With "exact",
+        grown (a by the alignment, b by the quantum) until every affected position of
+        every output lies on the crop's output grid and is valid there."""
         n, s, q = (self.h, self.w)[axis], self.alignment[axis], self.quantum[axis]
         lo, hi = self.need(axis, y0, y1) if margin == "exact" else (y0 - margin, y1 + margin)
         a = max(0, lo // s * s)
         length = max(-(-(hi - a) // q) * q, self.min_length[axis])
-        return (a, n) if a + length >= n else (a, a + length)
+        b = n if a + length >= n else a + length
+        if margin != "exact":
+            return a, b
+        affected = self.affected(axis, y0, y1)
+        while (a, b) != (0, n):
+            grow_a, grow_b = self.crop_fits(axis, a, b, affected)
+            if not (grow_a or grow_b):
+                break
+            a = max(0, a - s) if grow_a else a
+            b = min(n, b + q) if grow_b else b
+        return a, b
 
-    def valid(self, index, axis, a, b):
-        """[o0, o1) of output ``index`` along ``axis`` whose inputs all lie in a crop
-        [a, b) (or beyond a crop edge that is the frame's edge)."""
-        first, last = self.spans[index][axis]
-        lo = -np.inf if a == 0 else a
-        hi = np.inf if b == (self.h, self.w)[axis] else b
-        ok = ((first >= lo) & (last < hi)) | (first > last)
-        return ok
+    def crop_output_sizes(self, axis, length):
+        """Per output, its length along ``axis`` for a crop of ``length`` input pixels."""
+        key = (axis, length)
+        if key not in self._sizes:
+            n = (self.h, self.w)[axis]
+            if length == n:
+                self._sizes[key] = [self.model.shapes[t][2 + axis] for t in
+                                    self.model.graph.outputs]
+            else:
+                size = (length, self.w) if axis == 0 else (self.h, length)
+                g = reshaped_graph(self.model.graph, self.model.shapes, *size)
+                shapes = check_graph(g)
+                self._sizes[key] = [shapes[t][2 + axis] for t in g.outputs]
+        return self._sizes[key]
+
+    def crop_validity(self, axis, length, left_edge, right_edge):
+        """Per output, bool over a crop's output positions along ``axis``: computed
+        exactly as on the full frame, for a crop of ``length`` pixels whose left and
+        right edges are (or not) the frame's.
+
+        A crop position is right when every position it reads is a right position of
+        the crop's input tensor; reads beyond a crop tensor's edge get the crop's
+        padding, which is right only where that edge is the frame's. Walked on the
+        crop grown by ``border`` on both sides, so that the rules' ranges are those of
+        an unbounded frame; shifts of the crop by the alignment change nothing, so the
+        answer is cached by (axis, length, edges)."""
+        key = (axis, length, left_edge, right_edge)
+        if key in self._validity:
+            return self._validity[key]
+        g, shapes = self.model.graph, self.model.shapes
+        border = self.border[axis]
+        size = [self.h, self.w]
+        size[axis] = length + 2 * border
+        ext = reshaped_graph(g, shapes, *size)
+        ext_shapes = check_graph(ext)
+        ratio = crop_strides_of(self._ratios, axis)
+
+        def framed(t, inside):
+            """``inside`` for the crop's own positions of tensor t, the edges' answer
+            beyond them."""
+            n = ext_shapes[t][2 + axis]
+            off = int(border * ratio[t])
+            v = np.empty(n, bool)
+            v[:off], v[n - off:] = left_edge, right_edge
+            v[off:n - off] = inside[off:n - off] if inside is not None else True
+            return v
+
+        valid = {g.input.name: framed(g.input.name, None)}
+        for node in ext.nodes:
+            rule = node_rule(node, ext_shapes, RECEPTIVE_RULES)
+            t = node.outputs[0]
+            n = ext_shapes[t][2 + axis]
+            if rule is SAME:
+                out = np.ones(n, bool)
+                for i in node.inputs:
+                    out &= valid[i]
+            else:
+                lo, hi = rule[axis]
+                bad = np.concatenate([[0], np.cumsum(~valid[node.inputs[0]])])
+                reads = lo <= hi
+                out = ~reads | (bad[np.where(reads, hi, 0) + 1] - bad[np.where(reads, lo, 0)]
+                                == 0)
+            valid[t] = framed(t, out)
+        result = []
+        for t in g.outputs:
+            n = ext_shapes[t][2 + axis]
+            off = int(border * ratio[t])
+            result.append(valid[t][off:n - off].copy())
+        self._validity[key] = result
+        return result
+
+    def crop_fits(self, axis, a, b, affected):
+        """(grow left, grow right): where the crop [a, b) must grow so that each
+        output's ``affected`` [o0, o1) lies on its grid and is computed right."""
+        n = (self.h, self.w)[axis]
+        validity = self.crop_validity(axis, b - a, a == 0, b == n)
+        grow_a = grow_b = False
+        for k, (o0, o1) in enumerate(affected):
+            if o1 <= o0:
+                continue
+            origin = int(a * self.out_ratio[k][axis])
+            v = validity[k]
+            ok = np.flatnonzero(v)
+            if not ok.size:
+                grow_a = grow_b = True
+                continue
+            j0, j1 = o0 - origin, o1 - origin
+            inner = v[max(j0, 0):min(j1, v.size)]
+            grow_a |= j0 < ok[0] or (inner.size and not inner.all() and j0 < ok[0])
+            grow_b |= j1 > ok[-1] + 1
+            if not grow_a and not grow_b and not inner.all():
+                grow_a = grow_b = True           # a hole inside: grow both ways
+        return grow_a, grow_b
 
     def crop_model(self, h, w):
         """(Model, dense MACs) for an h x w crop, prepared once and cached by shape."""
@@ -533,14 +648,21 @@ class RegionStream:
         ry, rx = self.plan.out_ratio[k]
         oy, ox = int(a * ry), int(c * rx)          # the crop's origin on this output's grid
         (r0, r1), (c0, c1) = rows, cols
+        if r0 >= r1 or c0 >= c1:
+            return
+        if self.margin == "exact" and not (oy <= r0 and r1 <= oy + y.shape[0]
+                                           and ox <= c0 and c1 <= ox + y.shape[1]):
+            raise RuntimeError(f"internal: exact crop {crop} misses output {k}'s positions "
+                               f"rows {rows} cols {cols}")
         # an approximate margin may leave affected positions outside the crop's grid
         r0, r1 = max(r0, oy), min(r1, oy + y.shape[0])
         c0, c1 = max(c0, ox), min(c1, ox + y.shape[1])
         if r0 >= r1 or c0 >= c1:
             return
         if self.margin == "exact":
-            vr = self.plan.valid(k, 0, a, b)[r0:r1]
-            vc = self.plan.valid(k, 1, c, d)[c0:c1]
+            n = (self.plan.h, self.plan.w)
+            vr = self.plan.crop_validity(0, b - a, a == 0, b == n[0])[k][r0 - oy:r1 - oy]
+            vc = self.plan.crop_validity(1, d - c, c == 0, d == n[1])[k][c0 - ox:c1 - ox]
             if not (vr.all() and vc.all()):
                 raise RuntimeError(f"internal: exact crop {crop} does not cover the "
                                    f"receptive field of output {k} rows {rows} cols {cols}")

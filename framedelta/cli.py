@@ -124,6 +124,26 @@ class _RegionVideo:
             self.writer.release()
 
 
+def _margin(text):
+    if text == "exact":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'exact' or a number of pixels, got "
+                                         f"{text!r}") from None
+
+
+def _stream_mode(args):
+    """`run`'s --mode, --margin and --check-every as model.stream options."""
+    kw = {"mode": args.mode, "check_every": args.check_every}
+    if args.margin is not None:
+        if args.mode != "regions":
+            raise ValueError("--margin is an option of --mode regions only")
+        kw["margin"] = args.margin
+    return kw
+
+
 def cmd_run(args):
     """Stream a video through a model, dense and incremental, and report the savings."""
     from . import load
@@ -139,7 +159,7 @@ def cmd_run(args):
     try:
         from .runner import compare_on_frames
         report = compare_on_frames(model, frames, args.threshold, args.detector, args.block,
-                                   on_step=out)
+                                   on_step=out, **_stream_mode(args))
     finally:
         if out is not None:
             out.close()
@@ -222,6 +242,14 @@ def build_parser():
     r.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     r.add_argument("--threads", type=int, default=None, help="default: all cores")
     r.add_argument("--out-video", help="write the frames with the recomputed regions drawn")
+    r.add_argument("--mode", choices=["layers", "regions"], default="layers",
+                   help="layers: per-layer caches; regions: the whole model on crops "
+                        "around the changes")
+    r.add_argument("--margin", type=_margin, default=None,
+                   help="regions: 'exact' (default: crops cover the receptive field) or "
+                        "pixels (approximate)")
+    r.add_argument("--check-every", type=int, default=None,
+                   help="every N frames measure the deviation from a dense pass")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="convert a bundled model and run it on a clip")

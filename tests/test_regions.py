@@ -13,12 +13,12 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, note
 from hypothesis import strategies as st
 
 from framedelta.engine.model import Model
 from framedelta.engine.regions import RegionStats, reshaped_graph
-from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+from framedelta.formats.graph import Graph, InputSpec, Node, Preprocess, check_graph
 from test_stream import (MAKERS, GraphBuilder, _frames, _small_model, assert_close,
                          assert_identical, frame_sequences, graphs, stream_settings)
 
@@ -95,6 +95,7 @@ def _eager(stream):
 @given(data=st.data())
 def test_exact_margin_equals_run_of_reference_input(data):
     g = data.draw(fc_graphs())
+    note([(n.name, n.op, n.attrs) for n in g.nodes])
     frames = data.draw(frame_sequences(g.input.shape))
     settings = data.draw(stream_settings())
     model = Model(g, n_threads=data.draw(st.sampled_from([1, 2])),
@@ -105,6 +106,9 @@ def test_exact_margin_equals_run_of_reference_input(data):
     for i, x in enumerate(frames):
         y = s.step(x)
         ref = model.run(s.reference_input)
+        note(f"frame {i}: crops {s.last_stats.regions}, spans {s.plan.spans}, "
+             f"changed rows/cols {np.nonzero(s.last_change_mask.any(1))[0] if i else ''} "
+             f"{np.nonzero(s.last_change_mask.any(0))[0] if i else ''}")
         assert_close(y, ref, f"frame {i}")
         # the crops run the same kernels on the same operands: bit for bit
         assert_identical(y, ref, f"frame {i}")
@@ -314,7 +318,7 @@ def test_cli_run_mode_regions(tmp_path):
     import framedelta as fd
     from framedelta.converters.zoo import unet
     net = unet(widths=(4, 8, 16, 32)).eval()
-    fd.convert(net, torch.rand(1, 3, 64, 96), tmp_path / "unet.h5", preprocess=fd.Preprocess())
+    fd.convert(net, torch.rand(1, 3, 64, 96), tmp_path / "unet.h5", preprocess=Preprocess())
     video = tmp_path / "clip.avi"
     wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
     for f in _frames(6, h=64, w=96):
