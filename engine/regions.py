@@ -190,6 +190,16 @@ def reshaped_graph(graph, shapes, h, w):
     return Graph(spec, nodes, list(graph.outputs), graph.producer)
 
 
+def graph_macs(graph, shapes):
+    """Dense multiply-accumulates of a graph whose tensor shapes are ``shapes``."""
+    total = 0
+    for node in graph.nodes:
+        attrs = resolve_attrs(OPS[node.op], node.attrs)
+        total += OPS[node.op].count_macs(attrs, [shapes[t] for t in node.inputs],
+                                         [shapes[t] for t in node.outputs])
+    return total
+
+
 def _lcm(values):
     out = 1
     for v in values:
@@ -201,7 +211,7 @@ class RegionPlan:
     """What every region stream of one model shares: output strides, alignment, the
     full-frame input spans of every output position, crop models by shape."""
 
-    def __init__(self, model, max_crop_models=16):
+    def __init__(self, model, max_crop_models=64):
         self.model = model
         ratios = crop_strides(model)
         self._ratios = ratios
@@ -212,6 +222,7 @@ class RegionPlan:
         _, _, self.h, self.w = model.input_shape
         self.quantum = tuple(s * max(1, -(-16 // s)) for s in self.alignment)
         self._sizes = {}                      # (axis, crop length) -> output lengths
+        self._crop_axes = {}                  # crop_axis's answers
         self.spans = self._unbounded_spans()
         self.min_length = tuple(self._min_length(a) for a in range(2))
         dense = model.incremental_plan()
@@ -305,7 +316,15 @@ class RegionPlan:
     def crop_axis(self, axis, y0, y1, margin):
         """[a, b): the crop along one axis for changed pixels [y0, y1). With "exact",
         grown (a by the alignment, b by the quantum) until every affected position of
-        every output lies on the crop's output grid and is valid there."""
+        every output lies on the crop's output grid and is valid there. Cached: boxes
+        lie on the cell grid, so few (y0, y1) recur."""
+        key = (axis, y0, y1, margin, self.quantum[axis])
+        got = self._crop_axes.get(key)
+        if got is None:
+            got = self._crop_axes[key] = self._crop_axis(axis, y0, y1, margin)
+        return got
+
+    def _crop_axis(self, axis, y0, y1, margin):
         n, s, q = (self.h, self.w)[axis], self.alignment[axis], self.quantum[axis]
         lo, hi = self.need(axis, y0, y1) if margin == "exact" else (y0 - margin, y1 + margin)
         a = max(0, lo // s * s)
@@ -426,7 +445,7 @@ class RegionPlan:
         t0 = time.perf_counter()
         g = reshaped_graph(self.model.graph, self.model.shapes, h, w)
         m = Model(g, self.model.path, n_threads=self.model.n_threads)
-        macs = sum(s.macs for s in m.incremental_plan())
+        macs = graph_macs(g, m.shapes)
         dt = time.perf_counter() - t0
         self.prepare_seconds.append(dt)
         self._crops[key] = (m, macs)
