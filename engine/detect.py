@@ -111,12 +111,15 @@ class Reference:
         self.n_changed = n
         if n == 0:
             return None
-        changed = mask.view(bool)
+        # flat indices once: a gather and a scatter by index cost half of two by mask
+        idx = np.flatnonzero(mask)
+        inp = self.input.reshape(-1, self.input.shape[-1])
         if frame:
-            self._frame[changed] = new[changed]
-            self.input[changed] = self.model.frame_to_internal(new[changed][None])[0]
+            px = new.reshape(-1, new.shape[-1])[idx]
+            self._frame.reshape(-1, px.shape[-1])[idx] = px
+            inp[idx] = self.model.frame_to_internal(px[None])[0]
         else:
-            self.input[changed] = new[changed]
+            inp[idx] = new.reshape(-1, new.shape[-1])[idx]
         return mask
 
     @property

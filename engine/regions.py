@@ -223,6 +223,7 @@ class RegionPlan:
         self.quantum = tuple(s * max(1, -(-16 // s)) for s in self.alignment)
         self._sizes = {}                      # (axis, crop length) -> output lengths
         self._crop_axes = {}                  # crop_axis's answers
+        self._affected = {}                   # affected's answers
         self.spans = self._unbounded_spans()
         self.min_length = tuple(self._min_length(a) for a in range(2))
         dense = model.incremental_plan()
@@ -295,6 +296,13 @@ class RegionPlan:
 
     def affected(self, axis, y0, y1):
         """Per output, the [o0, o1) positions along ``axis`` whose inputs meet [y0, y1)."""
+        key = (axis, y0, y1)
+        got = self._affected.get(key)
+        if got is None:
+            got = self._affected[key] = self._affected_now(axis, y0, y1)
+        return got
+
+    def _affected_now(self, axis, y0, y1):
         out = []
         for axes in self.spans:
             first, last = axes[axis]
@@ -597,12 +605,17 @@ class RegionStream:
     def boxes(self, changed):
         """The changed pixels' connected components as (y0, x0, y1, x1) boxes, on the
         grid of cell x cell cells (eight-connected)."""
-        c = self.cell
         h, w = changed.shape
-        gh, gw = -(-h // c), -(-w // c)
-        pad = np.zeros((gh * c, gw * c), np.uint8)
-        pad[:h, :w] = changed
-        grid = pad.reshape(gh, c, gw, c).max(axis=(1, 3))
+        if self.detector == "block":
+            # the block detector changes whole tiles: one sample per tile is the tile
+            c = self.block
+            grid = np.ascontiguousarray(changed[::c, ::c])
+        else:
+            c = self.cell
+            gh, gw = -(-h // c), -(-w // c)
+            pad = np.zeros((gh * c, gw * c), np.uint8)
+            pad[:h, :w] = changed
+            grid = pad.reshape(gh, c, gw, c).max(axis=(1, 3))
         n, _, st, _ = self._cv2.connectedComponentsWithStats(grid, connectivity=8)
         out = []
         for x, y, bw, bh, _ in st[1:n]:
