@@ -216,8 +216,8 @@ def table(rows):
 
 def winners(rows):
     """Per model: the fastest exact mode, and the fastest mode at all with its deviation."""
-    lines = ["| model | changed % | exact margin (t, l, b, r) px | fastest exact | vs onnxruntime | "
-             "fastest overall | vs onnxruntime | its rel L2 dev |",
+    lines = ["| model | changed % | exact margin (t, l, b, r) px | fastest exact | "
+             "vs onnxruntime | fastest overall | vs onnxruntime | its rel L2 dev |",
              "|---|---:|---|---|---:|---|---:|---:|"]
     for r in rows:
         exact = {k: b for k, b in r["modes"].items() if k in ("layers", "regions exact")}

@@ -9,10 +9,9 @@ a :class:`RegionStream` keeps only the model's last outputs. Each step:
 2. the change mask's connected components (OpenCV's ``connectedComponentsWithStats``
    on a grid of ``cell`` x ``cell`` cells) become boxes;
 3. each box becomes a crop of the input: with ``margin="exact"``, just wide enough to
-   hold every input pixel that the outputs the box affects depend on (the composed
-   receptive-field spans of ``receptive.input_spans``, so a left and right reach that
-   differ, from asymmetric pads, are both honoured); with ``margin=N``, the box grown
-   by N pixels. Crop origins are aligned to the model's total stride ``alignment``
+   compute right every output the box affects (see Exactness; a left and right reach
+   that differ, from asymmetric pads, are both honoured); with ``margin=N``, the box
+   grown by N pixels. Crop origins are aligned to the model's total stride ``alignment``
    (so that the crop's grid of every tensor lies on the full frame's grid), lengths
    rounded up to a multiple of ``quantum`` (so few crop shapes recur), and crops are
    clipped to the frame (a crop edge on the frame edge then has the frame's padding);
@@ -27,14 +26,19 @@ a :class:`RegionStream` keeps only the model's last outputs. Each step:
    the output cache at their full-frame coordinates (the offset is the crop origin
    times the output's stride ratio).
 
-Exactness. A crop output equals the full output at a position when every input pixel
-it depends on, counted on an unbounded frame (so padding taps count too), lies inside
-the crop, or beyond a crop edge that is the frame's edge. The stream computes these
-spans once on a graph re-shaped to the frame grown by a border of ``alignment``
-multiples, and with ``margin="exact"`` checks that every pasted position satisfies
-this. Because every pasted position is then computed by the same kernels with the same
-operands, the result matches ``model.run(reference_input)`` (the tests hold it to
-1e-5 * (1 + max |y|) and find it bit for bit).
+Exactness. A crop's output position is right (equal to the full frame's) when every
+position it reads is right in the crop's input tensor, and reads beyond a crop
+tensor's edge (the crop's padding) are right only where that edge is the frame's edge
+(the frame's padding then). The stream walks this through the graph, per axis, on the
+crop grown by a border (so the rules' ranges are those of an unbounded frame), once per
+(crop length, which edges are the frame's): aligned shifts change nothing. With
+``margin="exact"`` a crop grows (origin by the alignment, length by the quantum) until
+every output position the change can affect (those whose receptive span, from
+``receptive.input_spans``, meets the changed box) lies on the crop's output grid and is
+right, and the paste checks it again (RuntimeError otherwise: a bug, never a silent
+error). Every pasted position is then computed by the same kernels from the same
+operands as in ``model.run(reference_input)``: the tests hold it to 1e-5 * (1 + max |y|)
+and find it bit for bit.
 
 What can run on crops: every node must map an image to an image and commute with a
 shift of the input by ``alignment`` pixels. Global ops (global pooling, linear, group
@@ -60,7 +64,7 @@ from fractions import Fraction
 import numpy as np
 
 from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
-from framedelta.formats.ops import OPS, resolve_attrs
+from framedelta.formats.ops import OPS, SchemaError, resolve_attrs
 
 from .checks import check_positive_or_none, deviation
 from .detect import Reference
@@ -224,6 +228,7 @@ class RegionPlan:
         self._sizes = {}                      # (axis, crop length) -> output lengths
         self._crop_axes = {}                  # crop_axis's answers
         self._affected = {}                   # affected's answers
+        self._zones = {}                      # axis -> zones()
         self.spans = self._unbounded_spans()
         self.min_length = tuple(self._min_length(a) for a in range(2))
         dense = model.incremental_plan()
@@ -269,17 +274,25 @@ class RegionPlan:
             out.append(axes)
         return out
 
+    def round_length(self, axis, need):
+        """The shortest crop length >= ``need`` that differs from the frame's by a
+        multiple of the quantum: then every tensor's length on the crop is the frame's
+        less a whole number of its positions (an aligned crop's shapes are consistent,
+        e.g. a pixel unshuffle after a valid convolution still divides)."""
+        n, q = (self.h, self.w)[axis], self.quantum[axis]
+        return n - ((n - need) // q) * q
+
     def _min_length(self, axis):
-        """The shortest crop (a multiple of the quantum) every node has room in."""
-        q, n = self.quantum[axis], (self.h, self.w)[axis]
-        length = q
+        """The shortest crop length every node has room in."""
+        n = (self.h, self.w)[axis]
+        length = self.round_length(axis, 1)
         while length < n:
             try:
                 size = (length, self.w) if axis == 0 else (self.h, length)
                 reshaped_graph(self.model.graph, self.model.shapes, *size)
                 return length
-            except ValueError:
-                length += q
+            except (ValueError, SchemaError):
+                length += self.quantum[axis]
         return n
 
     def reach(self):
@@ -336,11 +349,14 @@ class RegionPlan:
         n, s, q = (self.h, self.w)[axis], self.alignment[axis], self.quantum[axis]
         lo, hi = self.need(axis, y0, y1) if margin == "exact" else (y0 - margin, y1 + margin)
         a = max(0, lo // s * s)
-        length = max(-(-(hi - a) // q) * q, self.min_length[axis])
-        b = n if a + length >= n else a + length
+        length = max(self.round_length(axis, hi - a), self.min_length[axis])
+        a, b = self._clamp(axis, a, n if a + length >= n else a + length)
         if margin != "exact":
             return a, b
         affected = self.affected(axis, y0, y1)
+        zones = self.zones(axis)
+        if zones is not None and (a, b) != (0, n):
+            a, b = self._clamp(axis, *self._crop_from_zones(axis, affected, zones, a))
         while (a, b) != (0, n):
             grow_a, grow_b = self.crop_fits(axis, a, b, affected)
             if not (grow_a or grow_b):
@@ -348,6 +364,60 @@ class RegionPlan:
             a = max(0, a - s) if grow_a else a
             b = min(n, b + q) if grow_b else b
         return a, b
+
+    def _clamp(self, axis, a, b):
+        """[a, b) grown to the shortest length every node has room in (to the left when
+        the crop ends at the frame's edge)."""
+        n, s, m = (self.h, self.w)[axis], self.alignment[axis], self.min_length[axis]
+        if b - a >= m:
+            return a, b
+        if b < n:
+            b = min(n, a + self.round_length(axis, m))
+        if b - a < m:
+            a = max(0, (n - m) // s * s)
+        return a, b
+
+    def zones(self, axis):
+        """Per output (left, right, offset): a crop with both edges inside the frame
+        computes right all its output positions but ``left`` at the start and ``right``
+        at the end, and has ``length * ratio + offset`` of them; None when the graph's
+        crops do not look like that (then crops grow step by step). Measured on two
+        long crops (shifts by the alignment change nothing, lengths by the quantum
+        change only the middle)."""
+        if axis in self._zones:
+            return self._zones[axis]
+        q = self.quantum[axis]
+        reach = max(self.reach())
+        base = self.round_length(axis, max(4 * reach + 4 * q, self.min_length[axis]))
+        found = []
+        for length in (base, base + q):
+            per = []
+            for k, v in enumerate(self.crop_validity(axis, length, False, False)):
+                ok = np.flatnonzero(v)
+                if not ok.size or ok[-1] - ok[0] + 1 != ok.size:
+                    per = None
+                    break
+                per.append((int(ok[0]), int(v.size - 1 - ok[-1]),
+                            v.size - length * self.out_ratio[k][axis]))
+            found.append(per)
+        zones = found[0] if found[0] is not None and found[0] == found[1] else None
+        self._zones[axis] = zones
+        return zones
+
+    def _crop_from_zones(self, axis, affected, zones, a):
+        """The smallest aligned crop whose right positions hold every affected one."""
+        n, s = (self.h, self.w)[axis], self.alignment[axis]
+        for (o0, o1), (left, _, _), r in zip(affected, zones, self.out_ratio):
+            if o1 > o0:
+                a = min(a, math.floor(Fraction(o0 - left) / r[axis]))
+        a = max(0, a // s * s)
+        length = self.min_length[axis]
+        for (o0, o1), (_, right, offset), r in zip(affected, zones, self.out_ratio):
+            if o1 > o0:
+                need = (o1 - a * r[axis] + right - offset) / r[axis]
+                length = max(length, math.ceil(need))
+        length = self.round_length(axis, length)
+        return (a, n) if a + length >= n else (a, a + length)
 
     def crop_output_sizes(self, axis, length):
         """Per output, its length along ``axis`` for a crop of ``length`` input pixels."""
