@@ -78,6 +78,11 @@ from .stream import StepStats
 # 2e5 MACs. Only the merging decisions depend on it, never the results.
 CROP_OVERHEAD_MACS_PER_NODE = 200_000
 
+# Crops under this many MACs run on one thread: their kernels are too small for a
+# parallel region to pay (PNet on vtest, 2 threads, quiet machine: 13.4 ms/frame with
+# both threads, 7.7 with one). Thread counts never change results.
+SERIAL_CROP_MACS = 100_000_000
+
 # ops that commute with an aligned shift of the input; windowed ones need more checks
 _SPATIAL_WINDOW_OPS = {"conv2d", "max_pool2d", "avg_pool2d", "conv_transpose2d", "pad",
                        "pixel_shuffle", "pixel_unshuffle", "upsample_nearest",
@@ -579,6 +584,7 @@ class RegionStream:
                               "pip install opencv-python-headless (or framedelta[regions])"
                               ) from e
         self._cv2 = cv2
+        self._executor = None             # threads for running small crops at once
         self._caches = [np.empty(internal_shape(model.shapes[t]), np.float32)
                         for t in model.graph.outputs]
         self.last_stats = None
@@ -732,40 +738,88 @@ class RegionStream:
             self._run_whole(stats)
             return
         stats.cropped_fraction = area / (plan.h * plan.w)
-        for box, (a, c, b, d) in items:
+        jobs = []
+        for box, crop in items:
+            a, c, b, d = crop
             (m, macs), dt = plan.crop_model(b - a, d - c)
             stats.prepare_seconds += dt
             stats.macs += macs
-            stats.regions.append((a, c, b, d))
-            xi = np.ascontiguousarray(self._ref.input[a:b, c:d])
+            stats.regions.append(crop)
             rows = plan.affected(0, box[0], box[2])
             cols = plan.affected(1, box[1], box[3])
-            with m._lock:
-                outs = run_engine(m, xi, self.n_threads)
-                for k, (y, cache) in enumerate(zip(outs, self._caches)):
-                    self._paste(k, y, cache, rows[k], cols[k], (a, c, b, d))
+            windows = [self._window(k, crop, rows[k], cols[k]) for k in range(len(rows))]
+            jobs.append((m, macs, crop, windows))
+        small = all(macs < SERIAL_CROP_MACS for _, macs, _, _ in jobs)
+        if self.n_threads > 1 and len(jobs) > 1 and small:
+            # small crops: one thread each, several at once (the kernels release the
+            # GIL); crops of one shape share a model, so they run in turn in one task
+            by_shape = {}
+            for i, job in enumerate(jobs):
+                by_shape.setdefault(id(job[0]), []).append(i)
+            pool = self._pool()
+            futures = [pool.submit(lambda idx: [(i, self._crop_outputs(jobs[i], 1))
+                                                for i in idx], idx)
+                       for idx in by_shape.values()]
+            results = dict(r for f in futures for r in f.result())
+        else:
+            results = {i: self._crop_outputs(job, 1 if small else self.n_threads)
+                       for i, job in enumerate(jobs)}
+        for i in range(len(jobs)):          # pasted in order: overlaps resolve alike
+            for cache, win, part in zip(self._caches, jobs[i][3], results[i]):
+                if win is not None:
+                    r0, r1, c0, c1 = win
+                    cache[r0:r1, c0:c1] = part
 
-    def _paste(self, k, y, cache, rows, cols, crop):
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(self.n_threads,
+                                                thread_name_prefix="framedelta-crops")
+        return self._executor
+
+    def _crop_outputs(self, job, n_threads):
+        """Run one crop; per output, a copy of its part to paste (None: nothing)."""
+        m, _, (a, c, b, d), windows = job
+        xi = np.ascontiguousarray(self._ref.input[a:b, c:d])
+        with m._lock:
+            outs = run_engine(m, xi, n_threads)
+            parts = []
+            for k, (y, win) in enumerate(zip(outs, windows)):
+                if win is None:
+                    parts.append(None)
+                    continue
+                ry, rx = self.plan.out_ratio[k]
+                oy, ox = int(a * ry), int(c * rx)
+                r0, r1, c0, c1 = win
+                parts.append(y[r0 - oy:r1 - oy, c0 - ox:c1 - ox].copy())
+        return parts
+
+    def _window(self, k, crop, rows, cols):
+        """(r0, r1, c0, c1): output ``k``'s positions a crop pastes, in full-output
+        coordinates; None for none. With the exact margin, checks they are right."""
         a, c, b, d = crop
-        ry, rx = self.plan.out_ratio[k]
+        plan = self.plan
+        ry, rx = plan.out_ratio[k]
         oy, ox = int(a * ry), int(c * rx)          # the crop's origin on this output's grid
+        ny = plan.crop_output_sizes(0, b - a)[k]
+        nx = plan.crop_output_sizes(1, d - c)[k]
         (r0, r1), (c0, c1) = rows, cols
         if r0 >= r1 or c0 >= c1:
-            return
-        if self.margin == "exact" and not (oy <= r0 and r1 <= oy + y.shape[0]
-                                           and ox <= c0 and c1 <= ox + y.shape[1]):
+            return None
+        if self.margin == "exact" and not (oy <= r0 and r1 <= oy + ny
+                                           and ox <= c0 and c1 <= ox + nx):
             raise RuntimeError(f"internal: exact crop {crop} misses output {k}'s positions "
                                f"rows {rows} cols {cols}")
         # an approximate margin may leave affected positions outside the crop's grid
-        r0, r1 = max(r0, oy), min(r1, oy + y.shape[0])
-        c0, c1 = max(c0, ox), min(c1, ox + y.shape[1])
+        r0, r1 = max(r0, oy), min(r1, oy + ny)
+        c0, c1 = max(c0, ox), min(c1, ox + nx)
         if r0 >= r1 or c0 >= c1:
-            return
+            return None
         if self.margin == "exact":
-            n = (self.plan.h, self.plan.w)
-            vr = self.plan.crop_validity(0, b - a, a == 0, b == n[0])[k][r0 - oy:r1 - oy]
-            vc = self.plan.crop_validity(1, d - c, c == 0, d == n[1])[k][c0 - ox:c1 - ox]
+            n = (plan.h, plan.w)
+            vr = plan.crop_validity(0, b - a, a == 0, b == n[0])[k][r0 - oy:r1 - oy]
+            vc = plan.crop_validity(1, d - c, c == 0, d == n[1])[k][c0 - ox:c1 - ox]
             if not (vr.all() and vc.all()):
                 raise RuntimeError(f"internal: exact crop {crop} does not cover the "
                                    f"receptive field of output {k} rows {rows} cols {cols}")
-        cache[r0:r1, c0:c1] = y[r0 - oy:r1 - oy, c0 - ox:c1 - ox]
+        return r0, r1, c0, c1

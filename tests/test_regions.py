@@ -349,3 +349,23 @@ def test_cli_run_mode_regions(tmp_path):
     r = subprocess.run([sys.executable, "-m", "framedelta.cli", "run", tmp_path / "unet.h5",
                         video, "--margin", "8"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "regions" in r.stderr
+
+
+def test_threads_do_not_change_results_with_crops_run_at_once():
+    outs, regions = [], []
+    for n_threads in (1, 2):
+        model = _scaled_small_model(n_threads=n_threads)
+        s = _eager(model.stream(mode="regions", threshold=8, detector="block", block=8))
+        ys = []
+        rng = np.random.default_rng(3)
+        base = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        for t in range(8):                # two objects far apart: two crops
+            f = base.copy()
+            f[8:20, 8 + 3 * t:20 + 3 * t] = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            f[70:84, 100 - 3 * t:112 - 3 * t] = 255
+            ys.append(s.step(f))
+            regions.append(len(s.last_stats.regions))
+        outs.append(ys)
+    assert max(regions) >= 2          # several crops in one step: run at once on 2 threads
+    for a, b in zip(*outs):
+        assert_identical(a, b, "1 vs 2 threads")
