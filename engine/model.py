@@ -166,7 +166,7 @@ class Model:
         with self._lock:
             plan = getattr(self, "_region_plan", None)
         if plan is None:
-            from .regions import RegionPlan
+            from .crops import RegionPlan
             plan = RegionPlan(self)
             with self._lock:
                 self._region_plan = getattr(self, "_region_plan", None) or plan

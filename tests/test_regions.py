@@ -17,7 +17,8 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from framedelta.engine.model import Model
-from framedelta.engine.regions import RegionStats, reshaped_graph
+from framedelta.engine.crops import reshaped_graph
+from framedelta.engine.regions import RegionStats
 from framedelta.formats.graph import Graph, InputSpec, Node, Preprocess, check_graph
 from test_stream import (MAKERS, GraphBuilder, _frames, _small_model, assert_close,
                          assert_identical, frame_sequences, graphs, stream_settings)
