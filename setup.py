@@ -109,6 +109,7 @@ setup(
                       "tqdm>=4.60"],
     extras_require={
         "torch": ["torch==2.13.0"],
+        "regions": ["opencv-python-headless>=4.8"],   # mode="regions": connected components
         "test": ["torch==2.13.0", "pytest>=7", "hypothesis>=6.80", "opencv-python-headless>=4.8"],
         "bench": ["torch==2.13.0", "onnxruntime>=1.17", "onnx>=1.15",
                   "matplotlib>=3.7", "opencv-python-headless>=4.8"],

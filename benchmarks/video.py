@@ -8,8 +8,8 @@ Two inputs: a real fixed-camera clip (../shared/data/vtest.avi by default, or an
 video by path) and a synthetic sweep of changed area (moving objects covering 0.5% to
 50% of the frame). For each model (the zoo: ResNet-18, MobileNetV2, the U-Net,
 MobileNetV3-small, EfficientNet-B0, DeepLabV3, the YOLO detector and the FCN, at the
-clip's size, 1x3x360x480 for vtest; uint8 frames, ImageNet preprocessing) it steps one stream per detector (`pixel` and
-`block` 16, threshold 8 in pixel units) over every frame, and times the dense engines
+clip's size, 1x3x360x480 for vtest; uint8 frames, ImageNet preprocessing) it steps one
+stream per detector (`pixel` and `block` 16, threshold 8 in pixel units) over every frame, and times the dense engines
 (framedelta dense, PyTorch eager, onnxruntime) every ``--dense-every`` frames, all
 interleaved in one process. Reports mean ms/frame (first frame excluded), speed-up vs
 onnxruntime and vs our dense, and the MAC-count bound beside the realised speed-up.

@@ -162,7 +162,8 @@ class Model:
         return np.array(to_torch(a, shape), order="C")
 
     def stream(self, threshold=0.0, detector="pixel", block=16, n_threads=None,
-               check_every=None, layer_thresholds=None, calibration=None):
+               check_every=None, layer_thresholds=None, calibration=None, mode="layers",
+               margin=None):
         """A new stream (one camera) with its own caches; see :class:`Stream`.
 
         ``threshold``: a position counts as changed when the max over channels of
@@ -176,11 +177,41 @@ class Model:
         per-node thresholds, a JSON file from ``framedelta calibrate``, or "auto"
         (calibrate on the first frames; ``calibration``: dict of max_error, metric,
         frames, output).
+
+        ``mode``: "layers" (per-layer caches, :class:`Stream`) or "regions" (the whole
+        model re-run on crops around the changes, :class:`regions.RegionStream`;
+        ValueError naming the node when the model cannot run on crops). ``margin``
+        (regions only): "exact" (the default: crops cover the receptive field) or a
+        number of pixels (approximate; measure it with ``check_every``).
         """
+        if mode not in ("layers", "regions"):
+            raise ValueError(f'mode must be "layers" or "regions", got {mode!r}')
+        if mode == "regions":
+            if layer_thresholds is not None or calibration is not None:
+                raise ValueError('layer_thresholds= and calibration= are options of '
+                                 'mode="layers" (the approximate mode) only')
+            from .regions import RegionStream
+            return RegionStream(self, threshold=threshold, detector=detector, block=block,
+                                n_threads=n_threads, check_every=check_every,
+                                margin="exact" if margin is None else margin)
+        if margin is not None:
+            raise ValueError(f'margin={margin!r} is an option of mode="regions" only')
         from .stream import Stream
         return Stream(self, threshold=threshold, detector=detector, block=block,
                       n_threads=n_threads, check_every=check_every,
                       layer_thresholds=layer_thresholds, calibration=calibration)
+
+    def region_plan(self):
+        """What region streams share: alignment, receptive spans, crop models (built
+        once; ValueError naming the node when the model cannot run on crops)."""
+        with self._lock:
+            plan = getattr(self, "_region_plan", None)
+        if plan is None:
+            from .crops import RegionPlan
+            plan = RegionPlan(self)
+            with self._lock:
+                self._region_plan = getattr(self, "_region_plan", None) or plan
+        return self._region_plan
 
     def incremental_plan(self):
         """Per node: dense and masked kernels, receptive-field ranges, MACs (built once)."""

@@ -203,22 +203,18 @@ def node_rule(node, shapes, rules):
     return rules[node.op](attrs, in_shapes, out_shape)
 
 
-def receptive_fields(graph, shapes, rules):
-    """Per spatial tensor: (rf_h, rf_w), the largest input window one position sees;
-    None for tensors after a global op.
-
-    Composes the exact ranges: per axis and output index, the first and last input
-    pixel it depends on.
-    """
+def input_spans(graph, shapes, rules):
+    """Per spatial tensor: per axis (first, last) int64 arrays, the first and last input
+    pixel each position depends on (first > last: none); None for tensors after a
+    global op. Composes the exact ranges of the rules node by node."""
     h, w = graph.input.shape[2:]
     spans = {graph.input.name: tuple((np.arange(n), np.arange(n)) for n in (h, w))}
-    out = {graph.input.name: (1, 1)}
     for node in graph.nodes:
         rule = node_rule(node, shapes, rules)
         ins = [spans.get(t) for t in node.inputs]
         t_out = node.outputs[0]
         if rule is None or any(s is None for s in ins):
-            spans[t_out] = out[t_out] = None
+            spans[t_out] = None
             continue
         if rule is SAME:
             # inputs broadcast over an axis (length 1) see that axis whole
@@ -236,9 +232,24 @@ def receptive_fields(graph, shapes, rules):
                              np.where(ok, last[safe_hi], np.iinfo(np.int64).min)))
             axes = tuple(axes)
         spans[t_out] = axes
+    return spans
+
+
+def receptive_fields(graph, shapes, rules):
+    """Per spatial tensor: (rf_h, rf_w), the largest input window one position sees;
+    None for tensors after a global op.
+
+    Composes the exact ranges: per axis and output index, the first and last input
+    pixel it depends on (:func:`input_spans`).
+    """
+    out = {}
+    for t, axes in input_spans(graph, shapes, rules).items():
+        if axes is None:
+            out[t] = None
+            continue
         sizes = []
         for first, last in axes:
             ok = last >= first
             sizes.append(int((last[ok] - first[ok]).max()) + 1 if ok.any() else 0)
-        out[t_out] = tuple(sizes)
+        out[t] = tuple(sizes)
     return out

@@ -130,6 +130,26 @@ class _RegionVideo:
             self.writer.release()
 
 
+def _margin(text):
+    if text == "exact":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'exact' or a number of pixels, got "
+                                         f"{text!r}") from None
+
+
+def _stream_mode(args):
+    """`run`'s --mode, --margin and --check-every as model.stream options."""
+    kw = {"mode": args.mode, "check_every": args.check_every}
+    if args.margin is not None:
+        if args.mode != "regions":
+            raise ValueError("--margin is an option of --mode regions only")
+        kw["margin"] = args.margin
+    return kw
+
+
 def cmd_run(args):
     """Stream a video through a model, dense and incremental, and report the savings."""
     from . import load
@@ -141,7 +161,7 @@ def cmd_run(args):
     print(f"{args.model} on {len(frames)} frames of {source}: detector {args.detector}"
           f"{f' {args.block}' if args.detector == 'block' else ''}, threshold "
           f"{args.threshold:g}, {model.n_threads} threads")
-    stream_kwargs = _layer_thresholds(args)
+    stream_kwargs = {**_stream_mode(args), **_layer_thresholds(args)}
     if stream_kwargs.get("layer_thresholds") == "auto":
         from .engine.approx import AUTO_DEFAULTS
         if len(frames) <= AUTO_DEFAULTS["frames"]:
@@ -152,7 +172,7 @@ def cmd_run(args):
     try:
         from .runner import compare_on_frames
         report = compare_on_frames(model, frames, args.threshold, args.detector, args.block,
-                                   on_step=out, stream_kwargs=stream_kwargs)
+                                   on_step=out, **stream_kwargs)
     finally:
         if out is not None:
             out.close()
@@ -273,6 +293,14 @@ def build_parser():
     r.add_argument("--layer-thresholds", metavar="X",
                    help="approximate mode: a number (relative to each layer's mean |output| "
                         "on the first frame), 'auto', or a JSON file from `calibrate`")
+    r.add_argument("--mode", choices=["layers", "regions"], default="layers",
+                   help="layers: per-layer caches; regions: the whole model on crops "
+                        "around the changes")
+    r.add_argument("--margin", type=_margin, default=None,
+                   help="regions: 'exact' (default: crops cover the receptive field) or "
+                        "pixels (approximate)")
+    r.add_argument("--check-every", type=int, default=None,
+                   help="every N frames measure the deviation from a dense pass")
     r.set_defaults(func=cmd_run)
 
     k = sub.add_parser("calibrate", help="approximate mode: per-layer thresholds within an "

@@ -26,6 +26,9 @@ class VideoReport:
     node_held: dict = field(default_factory=dict)      # node -> [suppressed fraction]
     max_deviation: float = 0.0                         # vs dense of the reference input
     extra_ms: dict = field(default_factory=dict)       # other engines, e.g. "PyTorch"
+    cropped: list = field(default_factory=list)        # region mode: cropped area fraction
+    n_regions: list = field(default_factory=list)      # region mode: crops run per frame
+    checks: list = field(default_factory=list)         # check_every: checks.Deviation
 
     @staticmethod
     def _mean(values):
@@ -39,6 +42,12 @@ class VideoReport:
                 "speedup": d / i if i > 0 else float("inf"),
                 "changed_fraction": self._mean(self.changed),
                 "mac_bound": dense_macs_over_incr, "max_deviation": self.max_deviation,
+                **({"cropped_fraction": self._mean(self.cropped),
+                    "regions_per_frame": self._mean(self.n_regions)} if self.cropped else {}),
+                **({"check_max_abs": max(c.max_abs for c in self.checks),
+                    "check_rel_l2": max(c.rel_l2 for c in self.checks),
+                    "check_label_agreement": min(c.label_agreement for c in self.checks)}
+                   if self.checks else {}),
                 **{f"{k}_ms": self._mean(v) for k, v in self.extra_ms.items()}}
 
     def format(self):
@@ -55,6 +64,13 @@ class VideoReport:
         lines += [f"changed input          : {100 * s['changed_fraction']:.2f}% of pixels",
                   f"max deviation          : {s['max_deviation']:.2e} (relative, vs a dense "
                   "pass on the reference input)"]
+        if self.cropped:
+            lines.append(f"regions (crops)        : {s['regions_per_frame']:.2f} per frame, "
+                         f"cropped area {100 * s['cropped_fraction']:.1f}% of the frame")
+        if self.checks:
+            lines.append(f"check_every deviation  : max abs {s['check_max_abs']:.3g}, rel L2 "
+                         f"{s['check_rel_l2']:.3g}, label agreement "
+                         f"{100 * s['check_label_agreement']:.2f}% ({len(self.checks)} checks)")
         return "\n".join(lines)
 
     def node_table(self):
@@ -71,16 +87,17 @@ class VideoReport:
 
 
 def compare_on_frames(model, frames, threshold=8.0, detector="block", block=16,
-                      extra=None, progress=True, on_step=None, stream_kwargs=None):
+                      extra=None, progress=True, on_step=None, **stream_kwargs):
     """Run ``model`` densely and as a stream over ``frames``; returns a VideoReport.
 
-    ``stream_kwargs``: more options of ``model.stream`` (e.g. ``layer_thresholds``).
     ``extra``: {name: callable(frame)} other engines timed on the same frames.
     ``on_step(frame, stream)``: called after each step (e.g. to draw the masks).
+    ``stream_kwargs``: more options of ``model.stream`` (mode, margin, check_every,
+    layer_thresholds).
     """
     from tqdm import tqdm
     stream = model.stream(threshold=threshold, detector=detector, block=block,
-                          **(stream_kwargs or {}))
+                          **stream_kwargs)
     extra = extra or {}
     report = VideoReport(0, extra_ms={k: [] for k in extra})
     it = tqdm(frames, unit="frame", disable=not progress)
@@ -98,6 +115,11 @@ def compare_on_frames(model, frames, threshold=8.0, detector="block", block=16,
         st = stream.last_stats
         report.changed.append(st.input_changed_fraction)
         report.mac_ratio.append(st.mac_ratio)
+        if hasattr(st, "cropped_fraction"):
+            report.cropped.append(st.cropped_fraction)
+            report.n_regions.append(len(st.regions))
+        if st.check is not None:
+            report.checks.append(st.check)
         for n in st.nodes:
             report.node_active.setdefault(n.name, []).append(n.active_fraction)
             report.node_ops[n.name] = n.op
