@@ -7,6 +7,11 @@ The public API, all of it::
     model = fd.load("net.h5")                    # validated first; fd.ModelFormatError if not
     model.input_shape                            # (1, C, H, W)
     y = model.run(x)                             # dense; float32 (1, C, H, W), torch layout
+    s = model.stream(threshold=8, detector="block")   # one camera: incremental, exact
+    y = s.step(frame)                            # == model.run(s.reference_input)
+    model.stream(..., layer_thresholds=0.05)     # approximate mode (engine/approx.py)
+    model.stream(..., mode="regions", margin="exact")  # region re-run (engine/regions.py)
+    model.stream(..., check_every=100)           # measured deviation: s.last_stats.check
 
 Errors derive from :class:`FramedeltaError`: :class:`ModelFormatError` (names file,
 node, field), :class:`ConversionError` and :class:`UnsupportedOperatorError`.
