@@ -56,6 +56,7 @@ class Reference:
 
     def reset(self):
         self.started = False
+        self.updated = False         # the last input went through update(), not first()
         self._frame = None
         self.frames = None           # None before the first input, then True or False
 
@@ -95,6 +96,7 @@ class Reference:
         else:
             self.input[...] = new
         self.started = True
+        self.updated = False
         self.n_changed = self._diff.size
 
     def update(self, new, frame):
@@ -114,6 +116,7 @@ class Reference:
             else:
                 n = I.block_change_mask(self._diff, self.threshold, self.block, mask)
         self.n_changed = n
+        self.updated = True
         if n == 0:
             return None
         if frame:
@@ -125,6 +128,15 @@ class Reference:
             inp = self.input.reshape(-1, self.input.shape[-1])
             inp[idx] = new.reshape(-1, new.shape[-1])[idx]
         return mask
+
+    def change_mask(self):
+        """bool (H, W): what the last update counted changed; None when the last input
+        was the first (taken whole) or there was none."""
+        if not self.updated:
+            return None
+        if self.n_changed == 0:
+            return np.zeros(self.change.shape, bool)
+        return self.change.astype(bool)
 
     @property
     def changed_fraction(self):

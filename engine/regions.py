@@ -126,7 +126,6 @@ class RegionStream:
                         for t in model.graph.outputs]
         self.last_stats = None
         self.last_check = None
-        self._last_changed = False
         self.reset()
 
     threshold = property(lambda self: self._ref.threshold)
@@ -143,7 +142,6 @@ class RegionStream:
         """Forget the reference: the next step computes densely."""
         self._ref.reset()
         self._n_steps = 0
-        self._last_changed = False
 
     @property
     def reference_input(self):
@@ -154,16 +152,12 @@ class RegionStream:
     def last_change_mask(self):
         """bool (H, W): what the detector counted changed in the last step; None after
         a dense (first) step."""
-        if not self._ref.started or self._last_changed is None:
-            return None
-        if self._last_changed is False:
-            return np.zeros(self._ref.change.shape, bool)
-        return self._ref.change.astype(bool)
+        return self._ref.change_mask()
 
     def deepest_dirty_mask(self):
         """bool (H, W): the input area of the crops run in the last step (None after a
         dense step), so `framedelta run --out-video` can draw it."""
-        if self.last_stats is None or self._last_changed is None:
+        if self.last_stats is None or not self._ref.updated:
             return None
         m = np.zeros((self.plan.h, self.plan.w), np.uint8)
         for y0, x0, y1, x1 in self.last_stats.regions:
@@ -186,10 +180,8 @@ class RegionStream:
         if not self._ref.started:
             self._ref.first(new, frame)
             self._run_whole(stats)
-            self._last_changed = None
         else:
             changed = self._ref.update(new, frame)
-            self._last_changed = changed is not None
             if changed is not None:
                 self._run_regions(changed, stats)
         stats.input_changed_fraction = self._ref.changed_fraction

@@ -96,7 +96,6 @@ class Stream:
         self.last_stats = None
         self.last_check = None            # the latest checks.Deviation measured
         self._last_masks = {}
-        self._last_changed = False
         self._torch_outputs = {}          # image outputs in torch layout, (C, H, W)
         self._approx = None               # approx.LayerThresholds; None: the exact mode
         self.calibration = None           # approx.Calibration of layer_thresholds="auto"
@@ -117,7 +116,6 @@ class Stream:
         """Forget the reference: the next step computes densely."""
         self._ref.reset()
         self._n_steps = 0
-        self._last_changed = False
         self._scene_cut = False
         self._calib_frames = []
 
@@ -131,11 +129,7 @@ class Stream:
     def last_change_mask(self):
         """bool (H, W): what the detector counted changed in the last step; None after
         a dense (first) step."""
-        if not self._ref.started or self._last_changed is None:
-            return None
-        if self._last_changed is False:
-            return np.zeros(self._ref.change.shape, bool)
-        return self._ref.change.astype(bool)
+        return self._ref.change_mask()
 
     @property
     def cache_bytes(self):
@@ -156,7 +150,6 @@ class Stream:
         if first:
             self._ref.first(new, frame)
             stats = self._run_nodes(None, first=True)
-            self._last_changed = None
             self._scene_cut = False
         else:
             changed = self._ref.update(new, frame)
@@ -165,9 +158,8 @@ class Stream:
             self._scene_cut = self._approx is None and self._ref.changed_fraction > SCENE_CUT
             stats = self._run_nodes(None, first=True) if self._scene_cut \
                 else self._run_nodes(changed)
-            self._last_changed = changed is not None
         stats.input_changed_fraction = self._ref.changed_fraction
-        whole = self._last_changed is None or self._scene_cut
+        whole = not self._ref.updated or self._scene_cut
         outs = tuple(self._output(t, whole) for t in self.model.graph.outputs)
         outs = outs[0] if len(outs) == 1 else outs
         if self._approx is not None and self._approx.pending:
@@ -206,7 +198,7 @@ class Stream:
         propagated (recomputed and not held back)."""
         for step in self._plan:
             if step.node.name == node_name:
-                if not self._ref.started or self._last_changed is None:
+                if not self._ref.updated:
                     return None
                 if self._scene_cut:
                     return np.ones(step.mask_shape, bool)
