@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, RESULTS, LoadMeter, machine_facts,  # noqa: E402
+from common import (ROOT, RESULTS, LoadMeter, machine_facts, read_clip,  # noqa: E402
                     onnxruntime_session, replace_section, write_json, zoo_model)
 
 IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -271,10 +271,7 @@ def main(argv=None):
 
     import torch
     torch.set_num_threads(args.threads)
-    from framedelta.scenes import video_frames
-    if not Path(args.video).exists():
-        raise SystemExit(f"{args.video} is absent")
-    clip = list(video_frames(args.video, args.frames or None))
+    clip = read_clip(args.video, args.frames)
     h, w = clip[0].shape[:2]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,19 @@ def zoo_model(name, h, w):
     the input size, so it is built for it."""
     from framedelta.converters.zoo import ZOO
     return ZOO[name](**({"img_size": (h, w)} if name == "yolo" else {}))
+
+
+def read_clip(video, frames=0, without=None):
+    """The first ``frames`` frames of ``video`` (0: all) as uint8 arrays. When the file
+    is absent: None, after saying what the run leaves out (``without``), or, for a
+    benchmark that needs the clip (``without`` None), an exit saying so."""
+    from framedelta.scenes import video_frames
+    if not Path(video).exists():
+        if without is None:
+            raise SystemExit(f"{video} is absent: this benchmark needs a fixed-camera clip")
+        print(f"{video} is absent: {without}", file=sys.stderr)
+        return None
+    return list(video_frames(video, frames or None))
 
 
 def as_outputs(y):

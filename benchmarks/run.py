@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, ROOT, LoadMeter, interleaved, machine_facts,  # noqa: E402
-                    median_ms, replace_section, write_json)
+                    median_ms, read_clip, replace_section, write_json)
 from video import DEFAULT_VIDEO, SWEEP, build, plot, run_clip  # noqa: E402
 from video import table as clip_table  # noqa: E402
 
@@ -162,13 +162,9 @@ def main(argv=None):
 
     import torch
     torch.set_num_threads(args.threads)
-    from framedelta.scenes import fixed_camera_frames, video_frames
+    from framedelta.scenes import fixed_camera_frames
 
-    clip = None
-    if Path(args.video).exists():
-        clip = list(video_frames(args.video, args.frames or None))
-    else:
-        print(f"{args.video} is absent: the video part is left out", file=sys.stderr)
+    clip = read_clip(args.video, args.frames, without="the video part is left out")
     h, w = clip[0].shape[:2] if clip else (360, 480)
     frame = clip[0] if clip else next(iter(fixed_camera_frames(1, h, w, seed=0)))
     rows, sweep_rows = [], []

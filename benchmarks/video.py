@@ -9,10 +9,11 @@ video by path) and a synthetic sweep of changed area (moving objects covering 0.
 50% of the frame). For each model (the zoo: ResNet-18, MobileNetV2, the U-Net,
 MobileNetV3-small, EfficientNet-B0, DeepLabV3, the YOLO detector and the FCN, at the
 clip's size, 1x3x360x480 for vtest; uint8 frames, ImageNet preprocessing) it steps one
-stream per detector (`pixel` and `block` 16, threshold 8 in pixel units) over every frame, and times the dense engines
-(framedelta dense, PyTorch eager, onnxruntime) every ``--dense-every`` frames, all
-interleaved in one process. Reports mean ms/frame (first frame excluded), speed-up vs
-onnxruntime and vs our dense, and the MAC-count bound beside the realised speed-up.
+stream per detector (`pixel` and `block` 16, threshold 8 in pixel units) over every
+frame, and times the dense engines (framedelta dense, PyTorch eager, onnxruntime) every
+``--dense-every`` frames, all interleaved in one process. Reports mean ms/frame (first
+frame excluded), speed-up vs onnxruntime and vs our dense, and the MAC-count bound
+beside the realised speed-up.
 Outputs benchmarks/results/video.json, video_sweep.png and the table in
 benchmarks/README.md (--update-readme). Needs the bench extra.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (MODELS, ROOT, RESULTS, LoadMeter, machine_facts,  # noqa: E402
-                    onnxruntime_session, replace_section, write_json, zoo_model)
+                    onnxruntime_session, read_clip, replace_section, write_json, zoo_model)
 IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 SWEEP = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
@@ -168,13 +169,9 @@ def main(argv=None):
 
     import torch
     torch.set_num_threads(args.threads)
-    from framedelta.scenes import fixed_camera_frames, video_frames
+    from framedelta.scenes import fixed_camera_frames
 
-    clip = None
-    if Path(args.video).exists():
-        clip = list(video_frames(args.video, args.frames or None))
-    else:
-        print(f"{args.video} is absent: only the synthetic sweep runs", file=sys.stderr)
+    clip = read_clip(args.video, args.frames, without="only the synthetic sweep runs")
     h, w = clip[0].shape[:2] if clip else (360, 480)
     detectors = ["pixel", "block"]
     rows, sweep_rows = [], []
