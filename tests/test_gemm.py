@@ -257,28 +257,41 @@ def test_inconsistent_shapes_raise():
         K.gemm_pack(np.ones((5, 6), np.float32), np.empty(10, np.float32))
 
 
-@settings(max_examples=40, deadline=None)
-@given(data=st.data())
-def test_conv_paths_match_reference(data):
-    """Interior pixels read straight from x (any run length) and im2col rows give the
-    same bits, and match torch-free float64 reference within tolerance."""
-    draw = data.draw
+def _draw_one_group_conv(draw, max_w=40):
+    """A random one-group convolution with dw == 1 (the paths that read interior runs
+    straight from x): geometry (kh, kw, sh, sw, pt, pl, dh), input, weights (torch
+    layout and packed), bias and output size; None when the output would be empty."""
     k_h, k_w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     s_h, s_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     d_h = draw(st.integers(1, 2))
     p_t, p_l = draw(st.integers(0, k_h)), draw(st.integers(0, k_w))
     cin, cout = draw(st.integers(1, 9)), draw(st.integers(1, 40))
-    h, w = draw(st.integers(1, 14)), draw(st.integers(1, 40))
-    act = draw(st.sampled_from([0, 1, 2]))
+    h, w = draw(st.integers(1, 14)), draw(st.integers(1, max_w))
     oh = (h + 2 * p_t - d_h * (k_h - 1) - 1) // s_h + 1
     ow = (w + 2 * p_l - (k_w - 1) - 1) // s_w + 1
     if oh < 1 or ow < 1:
-        return
+        return None
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     x = rng.standard_normal((h, w, cin)).astype(np.float32)
     wt = rng.standard_normal((cout, cin, k_h, k_w)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
-    wp = O.pack_conv_weight_gemm(wt, 1)
+    return {"geometry": (k_h, k_w, s_h, s_w, p_t, p_l, d_h), "x": x, "wt": wt,
+            "bias": bias, "wp": O.pack_conv_weight_gemm(wt, 1), "oh": oh, "ow": ow,
+            "rng": rng}
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_conv_paths_match_reference(data):
+    """Interior pixels read straight from x (any run length) and im2col rows give the
+    same bits, and match torch-free float64 reference within tolerance."""
+    c = _draw_one_group_conv(data.draw)
+    if c is None:
+        return
+    k_h, k_w, s_h, s_w, p_t, p_l, d_h = c["geometry"]
+    x, wt, bias, wp, oh, ow = c["x"], c["wt"], c["bias"], c["wp"], c["oh"], c["ow"]
+    (h, w, cin), cout = x.shape, wt.shape[0]
+    act = data.draw(st.sampled_from([0, 1, 2]))
     outs = []
     for min_run, m_tile in [(10**6, 50), (1, 50), (3, 7), (1, 1000)]:
         out = np.full((oh, ow, cout), np.float32(12345.0))
@@ -336,27 +349,18 @@ def test_masked_conv_runs_equal_dense(data):
     """conv2d_masked reads runs of consecutive interior pixels straight from x (no
     im2col): whatever the run length threshold, tile size and threads, the pixels it
     computes have conv2d's bits and the others keep what the cache held."""
-    draw = data.draw
-    k = draw(st.sampled_from([1, 2, 3, 5]))
-    s = draw(st.sampled_from([1, 2]))
-    p = draw(st.integers(0, k // 2 + 1))
-    d = draw(st.sampled_from([1, 2])) if k > 1 else 1
-    cin, cout = draw(st.integers(1, 12)), draw(st.integers(1, 40))
-    h, w = draw(st.integers(k, 16)), draw(st.integers(k, 48))
-    oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
-    ow = (w + 2 * p - (k - 1) - 1) // s + 1
-    if oh < 1 or ow < 1:
+    c = _draw_one_group_conv(data.draw, max_w=48)
+    if c is None:
         return
-    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
-    x = rng.standard_normal((h, w, cin)).astype(np.float32)
-    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
-    bias = rng.standard_normal(cout).astype(np.float32)
-    wp = O.pack_conv_weight_gemm(wt, 1)
+    k_h, k_w, s_h, s_w, p_t, p_l, d_h = c["geometry"]
+    x, bias, wp, oh, ow, rng = c["x"], c["bias"], c["wp"], c["oh"], c["ow"], c["rng"]
+    cout = c["wt"].shape[0]
     dense = np.empty((oh, ow, cout), np.float32)
-    K.conv2d(x, wp, bias, dense, k, k, s, s, p, p, d, 1, 1, 0.0, 0.0, 64, 1, 1)
+    K.conv2d(x, wp, bias, dense, k_h, k_w, s_h, s_w, p_t, p_l, d_h, 1, 1, 0.0, 0.0, 64, 1,
+             1)
     # runs of random lengths in random rows, plus scattered pixels
     mask = np.zeros((oh, ow), bool)
-    for _ in range(draw(st.integers(1, 6))):
+    for _ in range(data.draw(st.integers(1, 6))):
         y, x0 = rng.integers(0, oh), rng.integers(0, ow)
         mask[y, x0:x0 + rng.integers(1, ow + 1)] = True
     mask |= rng.random((oh, ow)) < 0.05
@@ -365,8 +369,8 @@ def test_masked_conv_runs_equal_dense(data):
         out = np.full((oh, ow, cout), np.float32(12345.0))
         old = K.set_implicit_min_run(min_run)
         try:
-            K.conv2d_masked(x, wp, bias, out, pix, k, k, s, s, p, p, d, 1, 1, 0.0, 0.0,
-                            m_tile, threads)
+            K.conv2d_masked(x, wp, bias, out, pix, k_h, k_w, s_h, s_w, p_t, p_l, d_h, 1, 1,
+                            0.0, 0.0, m_tile, threads)
         finally:
             K.set_implicit_min_run(old)
         assert_same_bits(out[mask], dense[mask])
