@@ -64,11 +64,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import check_positive_or_none, deviation
 from .crops import run_engine
-from .detect import Reference
 from .layout import internal_shape, to_torch
-from .stream import StepStats
+from .stream import CameraStream, StepStats
 
 # Crops under this many MACs run on one thread: their kernels are too small for a
 # parallel region to pay (PNet on vtest, 2 threads, quiet machine: 13.4 ms/frame with
@@ -97,22 +95,17 @@ class RegionStats(StepStats):
     prepare_seconds: float = 0.0
 
 
-class RegionStream:
+class RegionStream(CameraStream):
     """Region re-run of one model on one camera. Make it with
     ``model.stream(mode="regions", margin="exact" | N)``."""
 
     def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None,
                  check_every=None, margin="exact", cell=8):
-        from .model import effective_n_threads
         self.margin = check_margin(margin)
         if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
             raise ValueError(f"cell must be a positive integer, got {cell!r}")
         self.cell = int(cell)
-        n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
-        self._ref = Reference(model, threshold, detector, block, n_threads)
-        self.check_every = check_positive_or_none(check_every, "check_every")
-        self.model = model
-        self.n_threads = n_threads
+        super().__init__(model, threshold, detector, block, n_threads, check_every)
         self.plan = model.region_plan()
         try:
             import cv2
@@ -124,35 +117,13 @@ class RegionStream:
         self._executor = None             # threads for running small crops at once
         self._caches = [np.empty(internal_shape(model.shapes[t]), np.float32)
                         for t in model.graph.outputs]
-        self.last_stats = None
-        self.last_check = None
         self.reset()
-
-    threshold = property(lambda self: self._ref.threshold)
-    detector = property(lambda self: self._ref.detector)
-    block = property(lambda self: self._ref.block)
 
     @property
     def exact_margin(self):
         """(top, left, bottom, right) pixels: the reach ``margin="exact"`` grows a changed
         pixel by (from the composed receptive fields; left and right may differ)."""
         return self.plan.reach()
-
-    def reset(self):
-        """Forget the reference: the next step computes densely."""
-        self._ref.reset()
-        self._n_steps = 0
-
-    @property
-    def reference_input(self):
-        """The input the outputs represent now (as :attr:`Stream.reference_input`)."""
-        return self._ref.value()
-
-    @property
-    def last_change_mask(self):
-        """bool (H, W): what the detector counted changed in the last step; None after
-        a dense (first) step."""
-        return self._ref.change_mask()
 
     def deepest_dirty_mask(self):
         """bool (H, W): the input area of the crops run in the last step (None after a
@@ -187,14 +158,7 @@ class RegionStream:
         stats.input_changed_fraction = self._ref.changed_fraction
         outs = tuple(np.array(to_torch(c, self.model.shapes[t]), order="C")
                      for c, t in zip(self._caches, self.model.graph.outputs))
-        outs = outs[0] if len(outs) == 1 else outs
-        stats.seconds = time.perf_counter() - t0
-        self._n_steps += 1
-        if self.check_every and self._n_steps % self.check_every == 0:
-            stats.check = self.last_check = deviation(
-                outs, self.model.run(self.reference_input, n_threads=self.n_threads))
-        self.last_stats = stats
-        return outs
+        return self._finish(outs, stats, t0)
 
     # --- regions -----------------------------------------------------------------
 

@@ -78,23 +78,64 @@ class StepStats:
         return self.dense_macs / max(self.macs, 1)
 
 
-class Stream:
+class CameraStream:
+    """What every kind of stream shares: its model and threads, the reference input
+    and its detector (detect.Reference), ``check_every``, and the end of a step."""
+
+    def __init__(self, model, threshold, detector, block, n_threads, check_every):
+        from .model import effective_n_threads
+        self.n_threads = model.n_threads if n_threads is None else effective_n_threads(
+            n_threads)
+        self._ref = Reference(model, threshold, detector, block, self.n_threads)
+        self.check_every = check_positive_or_none(check_every, "check_every")
+        self.model = model
+        self.last_stats = None
+        self.last_check = None            # the latest checks.Deviation measured
+
+    threshold = property(lambda self: self._ref.threshold)
+    detector = property(lambda self: self._ref.detector)
+    block = property(lambda self: self._ref.block)
+
+    def reset(self):
+        """Forget the reference: the next step computes densely."""
+        self._ref.reset()
+        self._n_steps = 0
+
+    @property
+    def reference_input(self):
+        """The input the outputs represent now: a uint8 (H, W, 3) frame for a stream fed
+        with frames, else float32 (1, C, H, W) torch layout. None before the first step."""
+        return self._ref.value()
+
+    @property
+    def last_change_mask(self):
+        """bool (H, W): what the detector counted changed in the last step; None after
+        a dense (first) step."""
+        return self._ref.change_mask()
+
+    def _finish(self, outs, stats, t0):
+        """The step's outputs (one array, or a tuple), its time, every ``check_every``
+        steps its measured deviation from ``model.run(reference_input)``."""
+        outs = outs[0] if len(outs) == 1 else outs
+        stats.seconds = time.perf_counter() - t0
+        self._n_steps += 1
+        if self.check_every and self._n_steps % self.check_every == 0:
+            stats.check = self.last_check = deviation(
+                outs, self.model.run(self.reference_input, n_threads=self.n_threads))
+        self.last_stats = stats
+        return outs
+
+
+class Stream(CameraStream):
     """Incremental execution of one model on one camera. Make it with ``model.stream()``."""
 
     def __init__(self, model, threshold=0.0, detector="pixel", block=16, n_threads=None,
                  check_every=None, layer_thresholds=None, calibration=None):
-        from .model import effective_n_threads
-        n_threads = model.n_threads if n_threads is None else effective_n_threads(n_threads)
-        self._ref = Reference(model, threshold, detector, block, n_threads)
-        self.check_every = check_positive_or_none(check_every, "check_every")
-        self.model = model
-        self.n_threads = n_threads
+        super().__init__(model, threshold, detector, block, n_threads, check_every)
         self._plan = model.incremental_plan()
         shapes = model.shapes
         self._caches = {t: np.empty(internal_shape(shapes[t]), np.float32)
                         for step in self._plan for t in step.node.outputs}
-        self.last_stats = None
-        self.last_check = None            # the latest checks.Deviation measured
         self._last_masks = {}
         self._torch_outputs = {}          # image outputs in torch layout, (C, H, W)
         self._approx = None               # approx.LayerThresholds; None: the exact mode
@@ -108,28 +149,11 @@ class Stream:
 
     # --- public ----------------------------------------------------------------
 
-    threshold = property(lambda self: self._ref.threshold)
-    detector = property(lambda self: self._ref.detector)
-    block = property(lambda self: self._ref.block)
-
     def reset(self):
         """Forget the reference: the next step computes densely."""
-        self._ref.reset()
-        self._n_steps = 0
+        super().reset()
         self._scene_cut = False
         self._calib_frames = []
-
-    @property
-    def reference_input(self):
-        """The input the caches represent now: a uint8 (H, W, 3) frame for a stream fed
-        with frames, else float32 (1, C, H, W) torch layout. None before the first step."""
-        return self._ref.value()
-
-    @property
-    def last_change_mask(self):
-        """bool (H, W): what the detector counted changed in the last step; None after
-        a dense (first) step."""
-        return self._ref.change_mask()
 
     @property
     def cache_bytes(self):
@@ -161,16 +185,9 @@ class Stream:
         stats.input_changed_fraction = self._ref.changed_fraction
         whole = not self._ref.updated or self._scene_cut
         outs = tuple(self._output(t, whole) for t in self.model.graph.outputs)
-        outs = outs[0] if len(outs) == 1 else outs
         if self._approx is not None and self._approx.pending:
             self._approx_pending(x, first)
-        stats.seconds = time.perf_counter() - t0
-        self._n_steps += 1
-        if self.check_every and self._n_steps % self.check_every == 0:
-            stats.check = self.last_check = deviation(
-                outs, self.model.run(self.reference_input, n_threads=self.n_threads))
-        self.last_stats = stats
-        return outs
+        return self._finish(outs, stats, t0)
 
     def _output(self, t, whole):
         """Output tensor ``t`` in torch layout, a new array. An image output is kept in
