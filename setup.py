@@ -7,6 +7,8 @@ framedelta.converters.
 Environment:
   FRAMEDELTA_PORTABLE=1   no -march=native (for wheels that run on other CPUs)
   FRAMEDELTA_NO_OPENMP=1  build without OpenMP even where the compiler has it
+  FRAMEDELTA_BUILD_ONLY   comma-separated kernel modules to (re)build in place, for kernel
+                          work: FRAMEDELTA_BUILD_ONLY=_kernels python setup.py build_ext -i
 """
 
 import glob
@@ -65,8 +67,11 @@ def openmp_flags():
 
 
 def kernel_modules():
-    """Every engine/_*.pyx is one extension module (framedelta.engine._name)."""
-    return sorted(os.path.basename(f)[:-4] for f in glob.glob("engine/_*.pyx"))
+    """Every engine/_*.pyx is one extension module (framedelta.engine._name);
+    FRAMEDELTA_BUILD_ONLY=_kernels,_windows (for kernel work) builds just those."""
+    names = sorted(os.path.basename(f)[:-4] for f in glob.glob("engine/_*.pyx"))
+    only = os.environ.get("FRAMEDELTA_BUILD_ONLY")
+    return [n for n in names if n in only.split(",")] if only else names
 
 
 def extensions():
@@ -91,7 +96,7 @@ def extensions():
 
 setup(
     name="framedelta",
-    version="0.2.0",
+    version="0.3.0",
     description="Incremental CNN inference for fixed-camera video on the CPU",
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",

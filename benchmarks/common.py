@@ -1,11 +1,25 @@
-"""What every benchmark shares: the machine's facts, outside load, interleaved timing.
+"""What every benchmark shares: the machine's facts, outside load, the timing protocol.
 
-The machine is shared and noisy, so a benchmark runs its engines interleaved, one run
-each per round, records how busy the CPUs were with work that was not ours (from
-/proc/stat and our own rusage), and reports medians and ratios.
+The protocol (DESIGN.md, "Measuring speed"), written once here and used by every speed
+benchmark:
+
+- **alone** (the headline): each engine in turn runs a block of calls back to back
+  after a pause, blocks alternate between the engines over several rounds, on the same
+  inputs. That is how a user compares two engines: one at a time. The pause lets the
+  previous engine's thread pool stop spinning, so no engine pays for another's.
+- **interleaved** (second figure): one call of each engine per round. Every engine then
+  runs right after another one's pool has spun, as on a busy server.
+- **paced**: a pause before every call, as a camera at 10 fps gives (``pause`` 0.1 s):
+  what waking the threads costs.
+- **contended**: the alone protocol while a neighbour process busy-loops on one core for
+  the whole run (:class:`BusyNeighbour`).
+
+Each records how busy the CPUs were with work that was not ours (from /proc/stat and our
+own rusage); reports are medians and ratios, never one absolute time.
 """
 
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -14,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -145,6 +161,102 @@ def interleaved(engines, rounds, warmup=2):
                 times[name].append(time.perf_counter() - t)
         loads.append(meter.outside)
     return times, loads
+
+
+def alone(engines, rounds=4, block=8, pause=0.3, warmup=1):
+    """Each engine alone: per round, each engine in turn (the order rotated every round)
+    waits ``pause`` seconds, makes ``warmup`` untimed calls, then ``block`` timed calls
+    back to back. Returns ({name: [seconds]}, [outside load per block])."""
+    names = list(engines)
+    times = {name: [] for name in names}
+    loads = []
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = engines[name]
+            time.sleep(pause)
+            for _ in range(warmup):
+                fn()
+            with LoadMeter() as meter:
+                for _ in range(block):
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t)
+            loads.append(meter.outside)
+    return times, loads
+
+
+def paced(engines, calls=12, pause=0.1):
+    """Camera-like pacing: every call after a ``pause`` (0.1 s: 10 fps), the engines
+    interleaved call by call (each pause is long enough for any pool to fall asleep).
+    Returns ({name: [seconds]}, [outside load per round])."""
+    times = {name: [] for name in engines}
+    loads = []
+    for _ in range(calls):
+        with LoadMeter() as meter:
+            for name, fn in engines.items():
+                time.sleep(pause)
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        loads.append(meter.outside)
+    return times, loads
+
+
+def _busy_loop(stop):
+    x = 0
+    while not stop.is_set():
+        for _ in range(10000):
+            x += 1
+
+
+class BusyNeighbour:
+    """A process that busy-loops on one core (the last one) for as long as the block
+    lasts: a camera server always has neighbours (decoders, other services).
+
+        with BusyNeighbour():
+            times, loads = alone(engines)
+    """
+
+    def __enter__(self):
+        ctx = multiprocessing.get_context("fork")
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_busy_loop, args=(self._stop,), daemon=True)
+        self._proc.start()
+        try:
+            os.sched_setaffinity(self._proc.pid, {max(os.sched_getaffinity(0))})
+        except (AttributeError, OSError):
+            pass
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+        return False
+
+
+PROTOCOLS = ("alone", "interleaved", "paced", "contended")
+
+
+def measure(engines, protocol, rounds=4, block=8):
+    """``engines`` timed under one of :data:`PROTOCOLS`; ({name: [s]}, [load])."""
+    if protocol == "alone":
+        return alone(engines, rounds=rounds, block=block)
+    if protocol == "interleaved":
+        return interleaved(engines, rounds * block // 2)
+    if protocol == "paced":
+        return paced(engines, calls=max(6, rounds * 3))
+    if protocol == "contended":
+        with BusyNeighbour():
+            return alone(engines, rounds=rounds, block=block)
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def geomean(values):
+    values = list(values)
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
 
 
 def median_ms(values):

@@ -127,21 +127,26 @@ def fold_batch_norm(graph):
     return n
 
 
+# standalone activation ops a convolution takes into its store (the kernels apply them
+# to each output row while it is in L1: one pass over the activations less)
+FUSABLE_ACTIVATIONS = ("relu", "clamp", "silu", "hardswish", "sigmoid")
+
+
 def fuse_activations(graph):
-    """conv2d or conv_transpose2d -> relu / clamp, the conv output read by the
-    activation only: the conv's ``activation`` attribute (applied after the bias in the
-    same kernel)."""
+    """conv2d or conv_transpose2d -> relu / clamp / silu / hardswish / sigmoid, the conv
+    output read by the activation only: the conv's ``activation`` attribute (applied
+    after the bias in the same kernel, with the standalone op's arithmetic)."""
     users, producers = _users(graph), _producers(graph)
     n = 0
-    for act in [node for node in graph.nodes if node.op in ("relu", "clamp")]:
+    for act in [node for node in graph.nodes if node.op in FUSABLE_ACTIVATIONS]:
         conv = _sole_conv_input(graph, act, users, producers)
         if conv is None:
             continue
-        if act.op == "relu":
-            conv.attrs["activation"] = "relu"
-        else:
+        if act.op == "clamp":
             conv.attrs.update(activation="clamp", act_min=act.attrs["min"],
                               act_max=act.attrs["max"])
+        else:
+            conv.attrs["activation"] = act.op
         conv.outputs = list(act.outputs)
         graph.nodes.remove(act)
         producers[conv.outputs[0]] = conv

@@ -464,21 +464,33 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[:
                                 &out[0, 0, 0], act, act_min, act_max)
 
 
+cdef extern from "depthwise.h" nogil:
+    void fd_dw_span(const float *x, int H, int W, int C, const float *w, const float *bias,
+                    float *out, int OW, int oy, int ox0, int ox1, int kh, int kw, int sh,
+                    int sw, int pt, int pl, int dh, int dw, int xi_lo, int xi_hi, int act,
+                    float lo, float hi)
+    void fd_dw_interior(int n, int on, int k, int s, int p, int d, int *lo, int *hi)
+
+# masked depthwise: positions per piece of work (runs of one row are cut at its edges;
+# each position is computed alike wherever the cut falls)
+DEF DW_PIECE = 256
+
+
 def depthwise_conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bias,
                      float[:, :, ::1] out, int kh, int kw, int sh, int sw, int pt, int pl,
                      int dh, int dw, int act, float act_min, float act_max, int n_threads,
                      const int[::1] pix=None):
-    """Depthwise convolution (groups == Cin == Cout), direct loops over channels.
+    """Depthwise convolution (groups == Cin == Cout) on spans of output rows (depthwise.h).
 
     x    in   (H, W, C)
     w    in   (KH*KW, C), from pack_depthwise_weight
-    out  out  (OH, OW, C): the positions in pix (all when None) are written
+    out  out  (OH, OW, C): the positions in pix (ascending; all when None) are written
     """
     cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
-    cdef int OW = out.shape[1]
+    cdef int OH = out.shape[0], OW = out.shape[1]
     if out.shape[2] != C or w.shape[0] != kh * kw or w.shape[1] != C or bias.shape[0] != C:
         raise ValueError("depthwise_conv2d: inconsistent shapes")
-    cdef Py_ssize_t P = ((<Py_ssize_t>out.shape[0] * OW) if pix is None else pix.shape[0])
+    cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
     if P == 0:
         return
     cdef const int* pp = NULL if pix is None else &pix[0]
@@ -486,32 +498,31 @@ def depthwise_conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const floa
     cdef const float* wp = &w[0, 0]
     cdef const float* bp = &bias[0]
     cdef float* op = &out[0, 0, 0]
-    cdef Py_ssize_t k, m
-    cdef int oy, ox, i, j, iy, ix, c
-    cdef float* o
-    cdef const float* xs
-    cdef const float* ws
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
-        m = pp[k] if pp != NULL else k
-        oy = <int>(m // OW)
-        ox = <int>(m % OW)
-        o = op + m * C
-        for c in range(C):
-            o[c] = bp[c]
-        for i in range(kh):
-            iy = oy * sh - pt + i * dh
-            if iy < 0 or iy >= H:
-                continue
-            for j in range(kw):
-                ix = ox * sw - pl + j * dw
-                if ix < 0 or ix >= W:
-                    continue
-                xs = xp + (<Py_ssize_t>iy * W + ix) * C
-                ws = wp + (i * kw + j) * C
-                for c in range(C):
-                    o[c] = o[c] + xs[c] * ws[c]
-        for c in range(C):
-            o[c] = _act(o[c], act, act_min, act_max)
+    cdef int xi_lo, xi_hi
+    fd_dw_interior(W, OW, kw, sw, pl, dw, &xi_lo, &xi_hi)
+    cdef int oy, m, e, row_end
+    cdef Py_ssize_t piece, k, k1
+    if pp == NULL:
+        for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="guided"):
+            fd_dw_span(xp, H, W, C, wp, bp, op, OW, oy, 0, OW, kh, kw, sh, sw, pt, pl,
+                       dh, dw, xi_lo, xi_hi, act, act_min, act_max)
+        return
+    for piece in prange((P + DW_PIECE - 1) // DW_PIECE, nogil=True, num_threads=n_threads,
+                        schedule="guided"):
+        k = piece * DW_PIECE
+        k1 = min(P, k + DW_PIECE)
+        while k < k1:
+            # a run: consecutive positions of one output row
+            m = pp[k]
+            oy = m // OW
+            row_end = (oy + 1) * OW
+            e = m + 1
+            k = k + 1
+            while k < k1 and pp[k] == e and e < row_end:
+                e = e + 1
+                k = k + 1
+            fd_dw_span(xp, H, W, C, wp, bp, op, OW, oy, m - oy * OW, e - oy * OW, kh, kw,
+                       sh, sw, pt, pl, dh, dw, xi_lo, xi_hi, act, act_min, act_max)
 
 
 # --- pooling ---------------------------------------------------------------------

@@ -46,6 +46,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "fused.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -227,7 +229,8 @@ static inline const char *fd_gemm_force_isa(int level)
  * is the concatenation over s < nseg of seg[s] + m * lda, [0, seglen) each; K = nseg *
  * seglen. n0 must be a multiple of FD_NR (a panel boundary); n1 <= N. C points at
  * C[0, 0] (not at column n0), likewise bias (NULL: no bias). Bp: fd_pack_b of the whole
- * K x N matrix. act: 0 none, 1 relu, 2 clamp(lo, hi). */
+ * K x N matrix. act: 0 none, 1 relu, 2 clamp(lo, hi), 3 silu, 4 hardswish, 5 sigmoid
+ * (fused.h). */
 static inline void fd_gemm_seg(int M, int N, int nseg, const float *const *seg,
                                int seglen, int lda, const float *Bp, int n0, int n1,
                                const float *bias, float *C, int ldc, int act, float lo,
@@ -663,6 +666,9 @@ FD_INLINE void FD_(fd_block)(const int mr, const int W, int nseg, const float *c
             b += ldb;
         }
     }
+    /* relu and clamp in registers; the activations with an exp or a division
+     * (fused.h) on the stored rows, still in L1 */
+    const int act_reg = act <= FD_ACT_CLAMP ? act : FD_ACT_NONE;
     if (finish) {
         fd_vb bb[FD_P_NBMAX];
         fd_vs bs;
@@ -674,8 +680,8 @@ FD_INLINE void FD_(fd_block)(const int mr, const int W, int nseg, const float *c
         for (int r = 0; r < mr; r++) {
 #pragma GCC unroll 4
             for (int v = 0; v < nb; v++)
-                xb[v][r] = FD_(fd_actb)(xb[v][r] + bb[v], act, lo, hi);
-            if (hs) xs[r] = FD_(fd_acts)(xs[r] + bs, act, lo, hi);
+                xb[v][r] = FD_(fd_actb)(xb[v][r] + bb[v], act_reg, lo, hi);
+            if (hs) xs[r] = FD_(fd_acts)(xs[r] + bs, act_reg, lo, hi);
         }
     }
 #pragma GCC unroll 12
@@ -693,6 +699,9 @@ FD_INLINE void FD_(fd_block)(const int mr, const int W, int nseg, const float *c
             else if (n > 0) FD_VS(store_part)(cr + so, xs[r], n);
         }
     }
+    if (finish && act != act_reg)
+        for (int r = 0; r < mr; r++)
+            fd_act_row(C + r * ldc, nc, act, lo, hi);
 }
 
 #define FD_BLOCK_CASE(MR_, W_) \

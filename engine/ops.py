@@ -22,7 +22,8 @@ from . import _tails as T
 from . import _windows as W
 from .layout import internal_shape, is_image, to_internal, to_torch
 
-ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2}
+# formats.ops.CONV_ACTIVATIONS -> the kernels' codes (engine/fused.h, _act.pxi)
+ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2, "silu": 3, "hardswish": 4, "sigmoid": 5}
 
 # Conv tiling: an im2col tile of about this many bytes stays in L2 while the gemm reads it
 # (several times over, once per 32-column panel of the weights).

@@ -15,10 +15,14 @@ from framedelta.formats.ops import OPS, resolve_attrs, window_out
 
 
 def _activation(y, attrs):
-    if attrs["activation"] == "relu":
+    """The activation fused into a conv: the standalone op's reference."""
+    act = attrs["activation"]
+    if act == "relu":
         return _relu_values(y)
-    if attrs["activation"] == "clamp":
+    if act == "clamp":
         return _clamp_values(y, attrs["act_min"], attrs["act_max"])
+    if act in FUSED_ACTIVATIONS:
+        return FUSED_ACTIVATIONS[act]([y], {}, {})
     return y
 
 
@@ -237,6 +241,10 @@ def hardswish(inputs, attrs, weights):
     x = inputs[0]
     with np.errstate(all="ignore"):
         return (x * _relu6_of_x_plus_3(x) / np.float32(6)).astype(np.float32)
+
+
+# activations a conv may carry in its store (formats/ops.py CONV_ACTIVATIONS)
+FUSED_ACTIVATIONS = {"silu": silu, "hardswish": hardswish, "sigmoid": sigmoid}
 
 
 def hardsigmoid(inputs, attrs, weights):

@@ -560,8 +560,12 @@ def _layer_norm_macs(attrs, in_shapes, out_shapes):
 
 
 
+# the activations a convolution may apply in its store (SPEC.md, conv2d); silu,
+# hardswish and sigmoid since 0.3.0
+CONV_ACTIVATIONS = ("none", "relu", "clamp", "silu", "hardswish", "sigmoid")
+
 _ACTIVATION = {
-    "activation": Attr("str", choices=("none", "relu", "clamp"), default="none",
+    "activation": Attr("str", choices=CONV_ACTIVATIONS, default="none",
                        doc="activation fused after bias"),
     "act_min": Attr("float", default=-math.inf, doc="lower bound when activation is clamp"),
     "act_max": Attr("float", default=math.inf, doc="upper bound when activation is clamp"),

@@ -23,7 +23,7 @@ from .errors import (ConversionError, FramedeltaError, ModelFormatError,
                      UnsupportedOperatorError)
 from .engine import Model
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def load(path, n_threads=None):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from framedelta.engine.model import Model
+from framedelta.engine.registry import REGISTRY
 from framedelta.errors import UnsupportedOperatorError
 from framedelta.formats.graph import check_graph
 
@@ -82,11 +83,35 @@ def test_leaky_relu(model, slope):
 
 
 @pytest.mark.parametrize("act, op", [
-    (nn.LeakyReLU(0.1, inplace=True), "leaky_relu"), (nn.SiLU(inplace=True), "silu"),
-    (nn.Hardswish(inplace=True), "hardswish"), (nn.Hardsigmoid(inplace=True), "hardsigmoid"),
-], ids=["leaky_relu", "silu", "hardswish", "hardsigmoid"])
+    (nn.LeakyReLU(0.1, inplace=True), "leaky_relu"),
+    (nn.Hardsigmoid(inplace=True), "hardsigmoid"),
+], ids=["leaky_relu", "hardsigmoid"])
 def test_inplace_after_conv(act, op):
     check(nn.Sequential(nn.Conv2d(4, 5, 3), act), ["conv2d", op])
+
+
+@pytest.mark.parametrize("act, op", [
+    (nn.SiLU(inplace=True), "silu"), (nn.Hardswish(inplace=True), "hardswish"),
+    (nn.Sigmoid(), "sigmoid"),
+], ids=["silu", "hardswish", "sigmoid"])
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 5, 3), nn.Conv2d(4, 4, 3, groups=4),
+                                  nn.ConvTranspose2d(4, 5, 3, stride=2)],
+                         ids=["conv", "depthwise", "transposed"])
+def test_activation_fused_into_conv(act, op, conv):
+    """silu, hardswish and sigmoid after a conv become its ``activation``, with the bits
+    of the conv followed by the standalone op (dense and on a subset of positions)."""
+    g = check(nn.Sequential(conv, act), ["conv_transpose2d" if isinstance(
+        conv, nn.ConvTranspose2d) else "conv2d"])
+    assert g.nodes[0].attrs["activation"] == op
+    x = _input().numpy()
+    plain = Model(convert(nn.Sequential(conv).eval(), torch.from_numpy(x))).run(x)
+    standalone = REGISTRY[op].reference([plain], {}, {})
+    fused = Model(g).run(x)
+    assert_close(fused, standalone)
+    # the engine's own standalone kernel on the conv's output: the same bits
+    fn = torch.sigmoid if op == "sigmoid" else getattr(F, op)
+    act_graph = convert(Net(lambda s, t: fn(t)).eval(), torch.from_numpy(plain))
+    np.testing.assert_array_equal(fused, Model(act_graph).run(plain))
 
 
 def _prelu(n, seed=3):
@@ -170,12 +195,14 @@ def test_hardsigmoid(model):
 
 
 def test_mobilenet_v3_block_fuses_around_convs():
-    """conv -> hardswish, and squeeze-excitation's conv -> hardsigmoid gate."""
+    """conv -> hardswish fuses (the conv's output has no other reader; the hardswish's
+    has two), and squeeze-excitation's conv -> hardsigmoid gate stays a node."""
     block = Net(lambda s, x: (lambda h: h * s.gate(s.fc(h.mean((2, 3), keepdim=True))))(
         s.act(s.conv(x))), conv=nn.Conv2d(4, 8, 3, padding=1), act=nn.Hardswish(),
         fc=nn.Conv2d(8, 8, 1), gate=nn.Hardsigmoid())
-    g = check(block, ["conv2d", "hardswish", "global_avg_pool", "conv2d", "hardsigmoid", "mul"])
-    assert g.nodes[0].attrs.get("activation", "none") == "none"
+    g = check(block, ["conv2d", "global_avg_pool", "conv2d", "hardsigmoid", "mul"])
+    assert g.nodes[0].attrs["activation"] == "hardswish"
+    assert g.nodes[2].attrs.get("activation", "none") == "none"
 
 
 @pytest.mark.parametrize("model, approximate", [

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from framedelta.engine.model import Model
 from framedelta.engine.reference import run_node
 from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
-from framedelta.formats.ops import OPS
+from framedelta.formats.ops import CONV_ACTIVATIONS, OPS
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -56,13 +56,14 @@ def case_conv2d(data):
         a["pads"] = tuple(p + data.draw(st.integers(0, 3)) for p in a["pads"])
     groups = data.draw(st.sampled_from([1, 1, 2, 3, "dw"]))
     if groups == "dw":
-        c = data.draw(st.integers(2, 19))
+        # channels in 16-lane vectors, a partial one, or both (depthwise.h)
+        c = data.draw(st.sampled_from([2, 5, 15, 16, 17, 19, 32, 37]))
         cin, cout, groups = c, c, c
     else:
         cin = groups * data.draw(st.integers(1, 6))
         cout = groups * data.draw(st.integers(1, 9))
     h, w = _spatial(data)
-    act = data.draw(st.sampled_from(["none", "relu", "clamp"]))
+    act = data.draw(st.sampled_from(CONV_ACTIVATIONS))
     a.update(out_channels=cout, groups=groups, activation=act, act_min=-0.5, act_max=0.75)
     kh, kw = a["kernel"]
     weights = {"weight": _array(data, (cout, cin // groups, kh, kw), scale=0.5),
@@ -270,7 +271,7 @@ def case_conv_transpose2d(data):
         cin = groups * data.draw(st.integers(1, 5))
         cout = groups * data.draw(st.integers(1, 9))
     h, w = _spatial(data, 1, 13)
-    act = data.draw(st.sampled_from(["none", "relu", "clamp"]))
+    act = data.draw(st.sampled_from(CONV_ACTIVATIONS))
     a = {"out_channels": cout, "kernel": (kh, kw), "stride": (sh, sw), "pads": pads,
          "output_padding": op, "dilation": (dh, dw), "groups": groups, "activation": act,
          "act_min": -0.5, "act_max": 0.75}
@@ -505,6 +506,20 @@ def test_masked_kernel_writes_exactly_its_positions(op, data):
     assert (flat[~keep] == np.float32(-7.25)).all()
 
 
+def _torch_activation(y, attrs):
+    """A conv's fused activation, in torch."""
+    act = attrs.get("activation", "none")
+    if act == "relu":
+        return F.relu(y)
+    if act == "clamp":
+        return torch.clamp(y, attrs["act_min"], attrs["act_max"])
+    if act == "sigmoid":
+        return torch.sigmoid(y)
+    if act in ("silu", "hardswish"):
+        return getattr(F, act)(y)
+    return y
+
+
 def _torch_op(op, attrs, weights, ts):
     t = {k: torch.from_numpy(v) for k, v in weights.items()}
     x = ts[0]
@@ -512,11 +527,7 @@ def _torch_op(op, attrs, weights, ts):
         pt, pl, pb, pr = attrs["pads"]
         y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), t["weight"], t["bias"], attrs["stride"], 0,
                      attrs["dilation"], attrs["groups"])
-        if attrs.get("activation") == "relu":
-            y = F.relu(y)
-        elif attrs.get("activation") == "clamp":
-            y = torch.clamp(y, attrs["act_min"], attrs["act_max"])
-        return y
+        return _torch_activation(y, attrs)
     if op == "batch_norm":
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * t["scale"].reshape(shape) + t["shift"].reshape(shape)
@@ -580,11 +591,7 @@ def _torch_op(op, attrs, weights, ts):
                                attrs["stride"], 0, attrs["output_padding"], attrs["groups"],
                                attrs["dilation"])
         y = y[:, :, pt:y.shape[2] - pb, pl:y.shape[3] - pr]
-        if attrs["activation"] == "relu":
-            y = F.relu(y)
-        elif attrs["activation"] == "clamp":
-            y = torch.clamp(y, attrs["act_min"], attrs["act_max"])
-        return y.float()
+        return _torch_activation(y.float(), attrs)
     if op == "avg_pool2d":
         pt, pl, pb, pr = attrs["pads"]
         if (pt, pl) != (pb, pr):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from framedelta.engine.model import Model
 from framedelta.formats.graph import Graph, InputSpec, Node, Preprocess, check_graph
-from framedelta.formats.ops import OPS, SchemaError, resolve_attrs
+from framedelta.formats.ops import CONV_ACTIVATIONS, OPS, SchemaError, resolve_attrs
 from test_kernels import window_attrs
 
 
@@ -176,7 +176,7 @@ def make_conv2d(b, x, depthwise=False):
         g = b.draw(st.sampled_from([1, 1, 2]))
         g = g if c % g == 0 else 1
         a.update(out_channels=g * b.draw(st.integers(1, 5)), groups=g)
-    a["activation"] = b.draw(st.sampled_from(["none", "relu", "clamp"]))
+    a["activation"] = b.draw(st.sampled_from(CONV_ACTIVATIONS))
     a.update(act_min=-0.5, act_max=1.0)
     return b.add("conv2d", [x], a)
 
