@@ -37,6 +37,7 @@ cdef extern from *:
     int fd_max_threads() nogil
 
 include "_act.pxi"
+include "_pool_api.pxi"
 
 
 def openmp_enabled():
@@ -289,15 +290,6 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
     cdef bint implicit = (not direct and G == 1 and dw == 1 and kh <= IMPLICIT_MAX_KH
                           and oyi_hi > oyi_lo and oxi_hi - oxi_lo >= _implicit_min_run)
     cdef int min_run = _implicit_min_run
-    cdef const float* xp = &x[0, 0, 0]
-    cdef const float* wp = &w[0, 0]
-    cdef Py_ssize_t wstride = w.shape[1]
-    cdef const float* bp = &bias[0]
-    cdef float* op = &out[0, 0, 0]
-    cdef Py_ssize_t item
-    cdef int g, m0, mr, n0, n1, lda, split, tid
-    cdef const float* a
-    cdef float* buf
     n_threads = max(1, n_threads)
     # per-thread buffers, allocated here so that failure is a MemoryError
     cdef float[:, ::1] bufs = np.empty((n_threads, 1 if direct else <Py_ssize_t>mt * K),
@@ -305,33 +297,73 @@ def conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const float[::1] bia
     cdef float[:, ::1] tmps = np.empty((n_threads, <Py_ssize_t>mt * N if implicit else 1),
                                        np.float32)
     cdef int[:, ::1] pixs = np.empty((n_threads, mt if implicit else 1), np.intc)
-    with nogil, parallel(num_threads=n_threads):
-        for item in prange(<Py_ssize_t>n_mt * ns, schedule="dynamic"):
-            m0 = <int>(item // ns) * mt
-            split = <int>(item % ns)
-            mr = min(mt, M - m0)
-            n0 = split * nb
-            n1 = min(N, n0 + nb)
-            tid = threadid()
-            if implicit:
-                _conv_tile_implicit(xp, H, W, Cin, OH, OW, kh, kw, sh, sw, pt, pl, dh,
-                                    oyi_lo, oyi_hi, oxi_lo, oxi_hi, wp, bp, N, n0, n1,
-                                    op, m0, mr, act, act_min, act_max, &bufs[tid, 0],
-                                    &tmps[tid, 0], &pixs[tid, 0], min_run)
-                continue
-            for g in range(G):
-                if direct:
-                    a = xp + <Py_ssize_t>m0 * Cin + g * cin_g
-                    lda = Cin
-                else:
-                    buf = &bufs[tid, 0]
-                    _im2col(xp, H, W, Cin, g * cin_g, cin_g, OW, kh, kw, sh, sw, pt, pl,
-                            dh, dw, m0, mr, NULL, buf)
-                    a = buf
-                    lda = K
-                fd_gemm_bias_act_cols(mr, N, K, a, lda, wp + g * wstride, n0, n1,
-                                      bp + g * N, op + <Py_ssize_t>m0 * Cout + g * N, Cout,
-                                      act, act_min, act_max)
+    cdef ConvJob j
+    j.x = &x[0, 0, 0]
+    j.H, j.W, j.Cin, j.OH, j.OW, j.G, j.cin_g, j.K, j.N, j.Cout = H, W, Cin, OH, OW, G, cin_g, K, N, Cout
+    j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw = kh, kw, sh, sw, pt, pl, dh, dw
+    j.oyi_lo, j.oyi_hi, j.oxi_lo, j.oxi_hi = oyi_lo, oyi_hi, oxi_lo, oxi_hi
+    j.w, j.wstride, j.bias, j.out = &w[0, 0], w.shape[1], &bias[0], &out[0, 0, 0]
+    j.act, j.lo, j.hi = act, act_min, act_max
+    j.M, j.mt, j.ns, j.nb, j.direct, j.implicit, j.min_run = M, mt, ns, nb, direct, implicit, min_run
+    j.bufs, j.buf_stride = &bufs[0, 0], bufs.shape[1]
+    j.tmps, j.tmp_stride = &tmps[0, 0], tmps.shape[1]
+    j.pixs, j.pix_stride = &pixs[0, 0], pixs.shape[1]
+    with nogil:
+        pool_run(n_threads, <Py_ssize_t>n_mt * ns, _conv_item, &j)
+
+
+ctypedef struct ConvJob:
+    const float* x
+    int H, W, Cin, OH, OW, G, cin_g, K, N, Cout
+    int kh, kw, sh, sw, pt, pl, dh, dw
+    int oyi_lo, oyi_hi, oxi_lo, oxi_hi
+    const float* w
+    Py_ssize_t wstride
+    const float* bias
+    float* out
+    int act
+    float lo, hi
+    int M, mt, ns, nb, direct, implicit, min_run
+    float* bufs
+    Py_ssize_t buf_stride
+    float* tmps
+    Py_ssize_t tmp_stride
+    int* pixs
+    Py_ssize_t pix_stride
+    const int* pix          # conv2d_masked: the dirty pixels
+    int P
+
+
+cdef void _conv_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    """Tile item // ns of output pixels, column block item % ns, of conv2d."""
+    cdef ConvJob* j = <ConvJob*>ctx
+    cdef int m0 = <int>(item // j.ns) * j.mt
+    cdef int split = <int>(item % j.ns)
+    cdef int mr = min(j.mt, j.M - m0)
+    cdef int n0 = split * j.nb
+    cdef int n1 = min(j.N, n0 + j.nb)
+    cdef int g, lda
+    cdef const float* a
+    cdef float* buf = j.bufs + slot * j.buf_stride
+    if j.implicit:
+        _conv_tile_implicit(j.x, j.H, j.W, j.Cin, j.OH, j.OW, j.kh, j.kw, j.sh, j.sw, j.pt,
+                            j.pl, j.dh, j.oyi_lo, j.oyi_hi, j.oxi_lo, j.oxi_hi, j.w, j.bias,
+                            j.N, n0, n1, j.out, m0, mr, j.act, j.lo, j.hi, buf,
+                            j.tmps + slot * j.tmp_stride, j.pixs + slot * j.pix_stride,
+                            j.min_run)
+        return
+    for g in range(j.G):
+        if j.direct:
+            a = j.x + <Py_ssize_t>m0 * j.Cin + g * j.cin_g
+            lda = j.Cin
+        else:
+            _im2col(j.x, j.H, j.W, j.Cin, g * j.cin_g, j.cin_g, j.OW, j.kh, j.kw, j.sh, j.sw,
+                    j.pt, j.pl, j.dh, j.dw, m0, mr, NULL, buf)
+            a = buf
+            lda = j.K
+        fd_gemm_bias_act_cols(mr, j.N, j.K, a, lda, j.w + g * j.wstride, n0, n1,
+                              j.bias + g * j.N, j.out + <Py_ssize_t>m0 * j.Cout + g * j.N,
+                              j.Cout, j.act, j.lo, j.hi)
 
 
 # --- one kernel per op for both paths ------------------------------------------------
@@ -446,22 +478,38 @@ def conv2d_masked(const float[:, :, ::1] x, const float[:, ::1] w, const float[:
     cdef float[:, ::1] cols = np.empty((n_threads, <Py_ssize_t>mt * K), np.float32)
     cdef float[:, ::1] tiles = np.empty((n_threads, <Py_ssize_t>mt * Cout), np.float32)
     cdef int[:, ::1] rests = np.empty((n_threads, mt if runs else 1), np.intc)
-    cdef int t, tid, m0
-    with nogil, parallel(num_threads=n_threads):
-        for t in prange(n_mt, schedule="dynamic"):
-            tid = threadid()
-            m0 = t * mt
-            if runs:
-                _conv_tile_runs(&x[0, 0, 0], H, W, Cin, OW, kh, kw, sh, sw, pt, pl, dh,
-                                oyi_lo, oyi_hi, oxi_lo, oxi_hi, &w[0, 0], &bias[0], N,
-                                &out[0, 0, 0], &pix[m0], min(mt, P - m0), act, act_min,
-                                act_max, &cols[tid, 0], &tiles[tid, 0], &rests[tid, 0],
-                                min_run)
-                continue
-            _conv_tile_gathered(&x[0, 0, 0], H, W, Cin, G, OW, kh, kw, sh, sw, pt, pl, dh,
-                                dw, &w[0, 0], w.shape[1], &bias[0], K, N, &pix[m0],
-                                min(mt, P - m0), &cols[tid, 0], &tiles[tid, 0],
-                                &out[0, 0, 0], act, act_min, act_max)
+    cdef ConvJob j
+    j.x = &x[0, 0, 0]
+    j.H, j.W, j.Cin, j.OW, j.G, j.K, j.N, j.Cout = H, W, Cin, OW, G, K, N, Cout
+    j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw = kh, kw, sh, sw, pt, pl, dh, dw
+    j.oyi_lo, j.oyi_hi, j.oxi_lo, j.oxi_hi = oyi_lo, oyi_hi, oxi_lo, oxi_hi
+    j.w, j.wstride, j.bias, j.out = &w[0, 0], w.shape[1], &bias[0], &out[0, 0, 0]
+    j.act, j.lo, j.hi = act, act_min, act_max
+    j.mt, j.implicit, j.min_run = mt, runs, min_run
+    j.bufs, j.buf_stride = &cols[0, 0], cols.shape[1]
+    j.tmps, j.tmp_stride = &tiles[0, 0], tiles.shape[1]
+    j.pixs, j.pix_stride = &rests[0, 0], rests.shape[1]
+    j.pix, j.P = &pix[0], P
+    with nogil:
+        pool_run(n_threads, n_mt, _conv_masked_item, &j)
+
+
+cdef void _conv_masked_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    """Tile ``item`` of conv2d_masked's dirty pixels."""
+    cdef ConvJob* j = <ConvJob*>ctx
+    cdef int m0 = <int>item * j.mt
+    cdef int mr = min(j.mt, j.P - m0)
+    if j.implicit:
+        _conv_tile_runs(j.x, j.H, j.W, j.Cin, j.OW, j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh,
+                        j.oyi_lo, j.oyi_hi, j.oxi_lo, j.oxi_hi, j.w, j.bias, j.N, j.out,
+                        j.pix + m0, mr, j.act, j.lo, j.hi, j.bufs + slot * j.buf_stride,
+                        j.tmps + slot * j.tmp_stride, j.pixs + slot * j.pix_stride,
+                        j.min_run)
+        return
+    _conv_tile_gathered(j.x, j.H, j.W, j.Cin, j.G, j.OW, j.kh, j.kw, j.sh, j.sw, j.pt, j.pl,
+                        j.dh, j.dw, j.w, j.wstride, j.bias, j.K, j.N, j.pix + m0, mr,
+                        j.bufs + slot * j.buf_stride, j.tmps + slot * j.tmp_stride, j.out,
+                        j.act, j.lo, j.hi)
 
 
 cdef extern from "depthwise.h" nogil:
@@ -498,31 +546,56 @@ def depthwise_conv2d(const float[:, :, ::1] x, const float[:, ::1] w, const floa
     cdef const float* wp = &w[0, 0]
     cdef const float* bp = &bias[0]
     cdef float* op = &out[0, 0, 0]
-    cdef int xi_lo, xi_hi
-    fd_dw_interior(W, OW, kw, sw, pl, dw, &xi_lo, &xi_hi)
-    cdef int oy, m, e, row_end
-    cdef Py_ssize_t piece, k, k1
-    if pp == NULL:
-        for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="guided"):
-            fd_dw_span(xp, H, W, C, wp, bp, op, OW, oy, 0, OW, kh, kw, sh, sw, pt, pl,
-                       dh, dw, xi_lo, xi_hi, act, act_min, act_max)
-        return
-    for piece in prange((P + DW_PIECE - 1) // DW_PIECE, nogil=True, num_threads=n_threads,
-                        schedule="guided"):
-        k = piece * DW_PIECE
-        k1 = min(P, k + DW_PIECE)
-        while k < k1:
-            # a run: consecutive positions of one output row
-            m = pp[k]
-            oy = m // OW
-            row_end = (oy + 1) * OW
-            e = m + 1
-            k = k + 1
-            while k < k1 and pp[k] == e and e < row_end:
-                e = e + 1
-                k = k + 1
-            fd_dw_span(xp, H, W, C, wp, bp, op, OW, oy, m - oy * OW, e - oy * OW, kh, kw,
-                       sh, sw, pt, pl, dh, dw, xi_lo, xi_hi, act, act_min, act_max)
+    cdef DwJob j
+    j.x, j.H, j.W, j.C, j.w, j.b, j.out, j.OW = xp, H, W, C, wp, bp, op, OW
+    j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw = kh, kw, sh, sw, pt, pl, dh, dw
+    j.act, j.lo, j.hi = act, act_min, act_max
+    fd_dw_interior(W, OW, kw, sw, pl, dw, &j.xi_lo, &j.xi_hi)
+    j.pix, j.P = pp, P
+    with nogil:
+        if pp == NULL:
+            pool_run(n_threads, OH, _dw_row_item, &j)
+        else:
+            pool_run(n_threads, (P + DW_PIECE - 1) // DW_PIECE, _dw_piece_item, &j)
+
+
+ctypedef struct DwJob:
+    const float* x
+    int H, W, C
+    const float* w
+    const float* b
+    float* out
+    int OW, kh, kw, sh, sw, pt, pl, dh, dw, xi_lo, xi_hi, act
+    float lo, hi
+    const int* pix
+    Py_ssize_t P
+
+
+cdef void _dw_row_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    """Output row ``item`` of depthwise_conv2d."""
+    cdef DwJob* j = <DwJob*>ctx
+    fd_dw_span(j.x, j.H, j.W, j.C, j.w, j.b, j.out, j.OW, <int>item, 0, j.OW, j.kh, j.kw,
+               j.sh, j.sw, j.pt, j.pl, j.dh, j.dw, j.xi_lo, j.xi_hi, j.act, j.lo, j.hi)
+
+
+cdef void _dw_piece_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    """Dirty positions [item * DW_PIECE, ...) of depthwise_conv2d, by runs of one row."""
+    cdef DwJob* j = <DwJob*>ctx
+    cdef Py_ssize_t k = item * DW_PIECE
+    cdef Py_ssize_t k1 = min(j.P, k + DW_PIECE)
+    cdef int m, oy, e, row_end
+    while k < k1:
+        m = j.pix[k]
+        oy = m // j.OW
+        row_end = (oy + 1) * j.OW
+        e = m + 1
+        k += 1
+        while k < k1 and j.pix[k] == e and e < row_end:
+            e += 1
+            k += 1
+        fd_dw_span(j.x, j.H, j.W, j.C, j.w, j.b, j.out, j.OW, oy, m - oy * j.OW,
+                   e - oy * j.OW, j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw, j.xi_lo,
+                   j.xi_hi, j.act, j.lo, j.hi)
 
 
 # --- pooling ---------------------------------------------------------------------

@@ -31,18 +31,16 @@ static inline void fd_act_row(float *o, int n, int act, float lo, float hi)
             o[j] = fd_select(v > hi, hi, v);
         }
         break;
-    /* the loops of fd_silu_row, fd_hardswish_row and fd_sigmoid_row, in place */
+    /* the standalone ops' row functions, in place (each element alone) */
     case FD_ACT_SILU:
-        for (int j = 0; j < n; j++)
-            o[j] = o[j] / (1.0f + fd_expf(-o[j]));
+        fd_silu_row(o, o, n);
         break;
     case FD_ACT_HARDSWISH:
         for (int j = 0; j < n; j++)
             o[j] = o[j] * fd_relu6_plus3(o[j]) / 6.0f;
         break;
     case FD_ACT_SIGMOID:
-        for (int j = 0; j < n; j++)
-            o[j] = 1.0f / (1.0f + fd_expf(-o[j]));
+        fd_sigmoid_row(o, o, n);
         break;
     default:
         break;

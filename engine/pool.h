@@ -1,0 +1,195 @@
+/* framedelta's thread pool: a parallel for that never waits for a thread that has not
+ * started.
+ *
+ * Why not OpenMP's parallel for: every OpenMP region ends in a barrier that each thread
+ * of the team must reach. When another process holds a core (a decoder, another
+ * service, a neighbour stream), the team's thread on that core is descheduled and the
+ * whole region waits for the kernel to give it a time slice back, several ms, at every
+ * region: MTCNN's PNet step went from 9.6 to 29.7 ms beside one busy core, and a small
+ * net with ~100 regions a pass collapsed entirely.
+ *
+ * Here the caller publishes a job (n_items independent items), takes items itself from
+ * a shared counter, and waits only for items that a worker has taken and not finished.
+ * A worker that wakes up late finds the counter exhausted and goes back to waiting; if
+ * no worker ever runs, the caller does every item. Items are assigned dynamically, so
+ * results must not depend on which thread runs an item (every kernel here computes
+ * each output element in one item, the same way whatever the assignment); ``slot``
+ * (0 for the caller, 1 .. n_threads - 1 for workers) indexes per-thread scratch only.
+ *
+ * Workers spin for FD_POOL_SPIN_NS after a job (a pass runs its nodes back to back)
+ * and then sleep on a condition variable. One job at a time: a caller that finds the
+ * pool busy (another Python thread's stream, or a nested call) runs its job inline,
+ * which is what a server stepping many cameras from many threads wants anyway. After a
+ * fork the child starts its own workers.
+ *
+ * This header declares the API (fd_task_fn, fd_pool_run_fn); the implementation is
+ * compiled once, in the module that defines FD_POOL_IMPLEMENTATION (engine/_pool.pyx),
+ * and the others call it through a function pointer from that module's capsule, so
+ * every kernel of the process shares the one pool.
+ */
+#ifndef FD_POOL_H
+#define FD_POOL_H
+
+#include <stddef.h>
+
+/* run item ``item`` of a job; ``slot`` < n_threads names the thread's scratch */
+typedef void (*fd_task_fn)(void *ctx, ptrdiff_t item, int slot);
+typedef void (*fd_pool_run_fn)(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *ctx);
+
+#ifdef FD_POOL_IMPLEMENTATION
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FD_POOL_MAX 64
+#ifndef FD_POOL_SPIN_NS
+#define FD_POOL_SPIN_NS 200000   /* 0.2 ms */
+#endif
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int busy;          /* a caller owns the pool */
+    atomic_long gen;          /* bumped for each job */
+    atomic_int open;          /* workers may still join the current job */
+    atomic_int inside;        /* workers between joining and leaving a job */
+    atomic_int sleepers;      /* workers waiting on cv */
+    atomic_long next, done;   /* items taken, items finished */
+    fd_task_fn fn;            /* the current job (valid while open) */
+    void *ctx;
+    ptrdiff_t n_items;
+    int n_threads;
+    int n_workers;            /* started, in process pid */
+    pid_t pid;
+} fd_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static inline void fd_pool_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static inline int64_t fd_pool_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* take and run items until none is left */
+static inline void fd_pool_take(fd_task_fn fn, void *ctx, ptrdiff_t n, int slot)
+{
+    ptrdiff_t i;
+    while ((i = (ptrdiff_t)atomic_fetch_add(&fd_pool.next, 1)) < n) {
+        fn(ctx, i, slot);
+        atomic_fetch_add(&fd_pool.done, 1);
+    }
+}
+
+static void *fd_pool_worker(void *arg)
+{
+    const int slot = (int)(intptr_t)arg;
+    long seen = atomic_load(&fd_pool.gen);
+    for (;;) {
+        long g;
+        int64_t t0 = fd_pool_now_ns();
+        int spins = 0;
+        while ((g = atomic_load(&fd_pool.gen)) == seen) {
+            fd_pool_relax();
+            if (++spins % 256 == 0 && fd_pool_now_ns() - t0 > FD_POOL_SPIN_NS) {
+                pthread_mutex_lock(&fd_pool.mu);
+                atomic_fetch_add(&fd_pool.sleepers, 1);
+                while ((g = atomic_load(&fd_pool.gen)) == seen)
+                    pthread_cond_wait(&fd_pool.cv, &fd_pool.mu);
+                atomic_fetch_sub(&fd_pool.sleepers, 1);
+                pthread_mutex_unlock(&fd_pool.mu);
+                break;
+            }
+        }
+        seen = g;
+        atomic_fetch_add(&fd_pool.inside, 1);
+        /* the caller closes the job before it waits for inside == 0: a worker that
+         * sees it open reads the fields of a job that is still running */
+        if (atomic_load(&fd_pool.open) && slot < fd_pool.n_threads)
+            fd_pool_take(fd_pool.fn, fd_pool.ctx, fd_pool.n_items, slot);
+        atomic_fetch_sub(&fd_pool.inside, 1);
+    }
+    return NULL;
+}
+
+/* workers 1 .. n - 1 exist (started on first use, again after a fork); 0 on failure,
+ * and the caller then runs alone */
+static int fd_pool_start(int n)
+{
+    pid_t pid = getpid();
+    if (fd_pool.pid != pid) {     /* first use, or a forked child: no workers here */
+        fd_pool.pid = pid;
+        fd_pool.n_workers = 0;
+    }
+    while (fd_pool.n_workers < n - 1) {
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        int err = pthread_create(&t, &a, fd_pool_worker,
+                                 (void *)(intptr_t)(fd_pool.n_workers + 1));
+        pthread_attr_destroy(&a);
+        if (err)
+            break;
+        fd_pool.n_workers++;
+    }
+    return fd_pool.n_workers + 1;
+}
+
+/* fn(ctx, i, slot) for 0 <= i < n_items, on up to n_threads threads (the caller one) */
+static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *ctx)
+{
+    if (n_items <= 0)
+        return;
+    if (n_threads > FD_POOL_MAX)
+        n_threads = FD_POOL_MAX;
+    if (n_threads <= 1 || n_items == 1 || atomic_exchange(&fd_pool.busy, 1)) {
+        for (ptrdiff_t i = 0; i < n_items; i++)
+            fn(ctx, i, 0);
+        return;
+    }
+    int have = fd_pool_start(n_threads);
+    if (have < n_threads)
+        n_threads = have;
+    fd_pool.fn = fn;
+    fd_pool.ctx = ctx;
+    fd_pool.n_items = n_items;
+    fd_pool.n_threads = n_threads;
+    atomic_store(&fd_pool.next, 0);
+    atomic_store(&fd_pool.done, 0);
+    atomic_store(&fd_pool.open, 1);
+    atomic_fetch_add(&fd_pool.gen, 1);
+    if (atomic_load(&fd_pool.sleepers) > 0) {
+        pthread_mutex_lock(&fd_pool.mu);
+        pthread_cond_broadcast(&fd_pool.cv);
+        pthread_mutex_unlock(&fd_pool.mu);
+    }
+    fd_pool_take(fn, ctx, n_items, 0);
+    /* only items a worker has taken are left: wait for those, then for workers still
+     * reading the job's fields */
+    for (int spins = 0; atomic_load(&fd_pool.done) < n_items; spins++) {
+        fd_pool_relax();
+        if (spins > 4096)
+            sched_yield();
+    }
+    atomic_store(&fd_pool.open, 0);
+    for (int spins = 0; atomic_load(&fd_pool.inside) != 0; spins++) {
+        fd_pool_relax();
+        if (spins > 4096)
+            sched_yield();
+    }
+    atomic_store(&fd_pool.busy, 0);
+}
+
+#endif /* FD_POOL_IMPLEMENTATION */
+#endif /* FD_POOL_H */
