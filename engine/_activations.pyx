@@ -17,6 +17,8 @@ arithmetic in torch's order of operations; never -ffast-math (setup.py).
 """
 
 from cython.parallel cimport prange
+
+include "_pool_api.pxi"
 from libc.math cimport INFINITY, erff, expf, log, pow, sqrtf, tanhf
 
 cdef extern from "rows.h" nogil:
@@ -31,6 +33,9 @@ cdef extern from "vexp.h" nogil:
     void fd_silu_row(const float *x, float *o, int n)
 
 # Unary op codes shared with engine/ops.py (UNARY).
+# elements per item of work (the pool hands items to whichever thread is free)
+DEF UNARY_PIECE = 16384
+
 DEF U_LEAKY_RELU = 0
 DEF U_SIGMOID = 1
 DEF U_TANH = 2
@@ -119,26 +124,51 @@ def unary(const float[:, ::1] x, float[:, ::1] out, int op, float a, int n_threa
         raise ValueError(f"unary: unknown op code {op}")
     cdef Py_ssize_t P = out.shape[0] if pix is None else pix.shape[0]
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
-    cdef Py_ssize_t k, p
-    cdef int c
-    if C == 0:
+    if C == 0 or P == 0:
         return
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
-        p = pp[k] if pp != NULL else k
+    cdef UnaryJob j
+    j.x, j.ldx, j.out, j.ldo, j.pix, j.P, j.C, j.op, j.a = &x[0, 0], x.strides[0] // 4, \
+        &out[0, 0], out.strides[0] // 4, pp, P, C, op, a
+    j.per = max(1, UNARY_PIECE // C)
+    with nogil:
+        pool_run(n_threads, (P + j.per - 1) // j.per, _unary_item, &j)
+
+
+ctypedef struct UnaryJob:
+    const float* x
+    Py_ssize_t ldx
+    float* out
+    Py_ssize_t ldo
+    const int* pix
+    Py_ssize_t P, per
+    int C, op
+    float a
+
+
+cdef void _unary_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef UnaryJob* j = <UnaryJob*>ctx
+    cdef Py_ssize_t k, p
+    cdef int c, C = j.C, op = j.op
+    cdef const float* xr
+    cdef float* o
+    for k in range(item * j.per, min(j.P, (item + 1) * j.per)):
+        p = j.pix[k] if j.pix != NULL else k
+        xr = j.x + p * j.ldx
+        o = j.out + p * j.ldo
         # whole rows, branch-free, which vectorise (engine/vexp.h, engine/rows.h)
         if op == U_SILU:
-            fd_silu_row(&x[p, 0], &out[p, 0], C)
+            fd_silu_row(xr, o, C)
         elif op == U_SIGMOID:
-            fd_sigmoid_row(&x[p, 0], &out[p, 0], C)
+            fd_sigmoid_row(xr, o, C)
         elif op == U_HARDSWISH:
-            fd_hardswish_row(&x[p, 0], &out[p, 0], C)
+            fd_hardswish_row(xr, o, C)
         elif op == U_HARDSIGMOID:
-            fd_hardsigmoid_row(&x[p, 0], &out[p, 0], C)
+            fd_hardsigmoid_row(xr, o, C)
         elif op == U_LEAKY_RELU:
-            fd_leaky_relu_row(&x[p, 0], a, &out[p, 0], C)
+            fd_leaky_relu_row(xr, j.a, o, C)
         else:
             for c in range(C):
-                out[p, c] = _unary(x[p, c], op, a)
+                o[c] = _unary(xr[c], op, j.a)
 
 
 def prelu(const float[:, :, ::1] x, const float[::1] slope, float[:, :, ::1] out,

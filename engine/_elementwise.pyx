@@ -9,7 +9,10 @@ arithmetic is one IEEE float32 operation, as torch's, in the same order for the 
 and the masked path, so both give the same bits.
 """
 
-from cython.parallel cimport prange
+include "_pool_api.pxi"
+
+# positions per item of work (the pool hands items to whichever thread is free)
+DEF PIECE = 512
 
 DEF OP_ADD = 0
 DEF OP_SUB = 1
@@ -79,10 +82,29 @@ def binary(object a, const Py_ssize_t[::1] sa, object b, const Py_ssize_t[::1] s
     cdef const float* ap = &av[0]
     cdef const float* bp = &bv[0]
     cdef float* op_ = &out[0, 0, 0]
-    cdef Py_ssize_t a0 = sa[0], a1 = sa[1], a2 = sa[2], b0 = sb[0], b1 = sb[1], b2 = sb[2]
+    cdef BinaryJob j
+    j.a, j.b, j.out, j.pix, j.P, j.W, j.C, j.op = ap, bp, op_, pp, P, W, C, op
+    j.a0, j.a1, j.a2, j.b0, j.b1, j.b2 = sa[0], sa[1], sa[2], sb[0], sb[1], sb[2]
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _binary_item, &j)
+
+
+ctypedef struct BinaryJob:
+    const float* a
+    const float* b
+    float* out
+    const int* pix
+    Py_ssize_t P, a0, a1, a2, b0, b1, b2
+    int W, C, op
+
+
+cdef void _binary_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    """Positions [item * PIECE, ...) of binary()."""
+    cdef BinaryJob* j = <BinaryJob*>ctx
     cdef Py_ssize_t k, m, y, x
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
-        m = pp[k] if pp != NULL else k
-        y = m // W
-        x = m % W
-        _row(ap + y * a0 + x * a1, a2, bp + y * b0 + x * b1, b2, op_ + m * C, C, op)
+    for k in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        m = j.pix[k] if j.pix != NULL else k
+        y = m // j.W
+        x = m % j.W
+        _row(j.a + y * j.a0 + x * j.a1, j.a2, j.b + y * j.b0 + x * j.b1, j.b2,
+             j.out + m * j.C, j.C, j.op)

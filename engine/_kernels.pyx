@@ -649,35 +649,58 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
 
 
 def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
-    """Mean over H and W per channel, accumulated in double in pixel order.
+    """Mean over H and W per channel, accumulated in double.
 
     x    in   (H, W, C)
     out  out  (C,)
+    The pixels are cut into GAP_PIECES pieces whose bounds depend on H * W only; each
+    piece sums its pixels in order, reading its rows once, front to back; the pieces'
+    sums are added in piece order. So the result does not depend on the threads.
     """
     cdef int C = x.shape[2]
     cdef Py_ssize_t P = <Py_ssize_t>x.shape[0] * x.shape[1]
     if out.shape[0] != C:
         raise ValueError("global_avg_pool: inconsistent shapes")
-    cdef const float* xp = &x[0, 0, 0]
-    cdef int CB = 64
-    cdef int nblk = (C + CB - 1) // CB
-    cdef int blk, c, c0, c1
+    if C == 0:
+        return
+    cdef Py_ssize_t per = max(GAP_MIN_PIXELS, (P + GAP_PIECES - 1) // GAP_PIECES)
+    cdef Py_ssize_t n = max(1, (P + per - 1) // per)
+    cdef double[:, ::1] sums = np.zeros((n, C), np.float64)
+    cdef GapJob j
+    j.x, j.sums, j.P, j.per, j.C = &x[0, 0, 0], &sums[0, 0], P, per, C
+    cdef Py_ssize_t i
+    cdef int c
+    cdef double t
+    with nogil:
+        pool_run(n_threads, n, _gap_item, &j)
+        for c in range(C):
+            t = 0.0
+            for i in range(n):
+                t = t + sums[i, c]
+            out[c] = <float>(t / P)
+
+
+DEF GAP_PIECES = 16
+DEF GAP_MIN_PIXELS = 256
+
+ctypedef struct GapJob:
+    const float* x
+    double* sums
+    Py_ssize_t P, per
+    int C
+
+
+cdef void _gap_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    """sums[item, c] = the sum of x over pixels [item * per, ...) per channel."""
+    cdef GapJob* j = <GapJob*>ctx
+    cdef double* acc = j.sums + item * j.C
+    cdef const float* xp
     cdef Py_ssize_t p
-    cdef double* acc
-    n_threads = max(1, n_threads)
-    cdef double[:, ::1] accs = np.empty((n_threads, CB), np.float64)
-    with nogil, parallel(num_threads=n_threads):
-        for blk in prange(nblk, schedule="static"):
-            acc = &accs[threadid(), 0]
-            c0 = blk * CB
-            c1 = min(C, c0 + CB)
-            for c in range(c1 - c0):
-                acc[c] = 0.0
-            for p in range(P):
-                for c in range(c1 - c0):
-                    acc[c] = acc[c] + xp[p * C + c0 + c]
-            for c in range(c1 - c0):
-                out[c0 + c] = <float>(acc[c] / P)
+    cdef int c, C = j.C
+    for p in range(item * j.per, min(j.P, (item + 1) * j.per)):
+        xp = j.x + p * C
+        for c in range(C):
+            acc[c] = acc[c] + xp[c]
 
 
 # --- elementwise: (P, C) arrays, positions by channels -----------------------------
