@@ -1,7 +1,9 @@
 """PyTorch -> framedelta graph, through torch.export.
 
 ``convert`` exports the module (or takes an ExportedProgram), runs torch's default
-decompositions so that every op is a core aten op, lowers each FX node with the rule
+decompositions so that every op is a core aten op, folds the nodes that read only
+constants (evaluated with torch at conversion time: shape arithmetic, anchor grids
+built at forward time, transposed weights), lowers each other FX node with the rule
 registered for its aten op (rules.py), runs the graph passes (passes.py: BN folding,
 activation fusion, pad folding, identity removal), checks the result with
 formats.check_graph and optionally writes the model file.
@@ -197,17 +199,62 @@ class Lowering:
 
 
 def _constants(ep):
-    """{placeholder name: numpy array} of parameters, buffers and lifted constants."""
+    """{placeholder name: tensor} of parameters, buffers and lifted constants."""
     sig = ep.graph_signature
     out = {}
     for name, target in {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                          **sig.inputs_to_lifted_tensor_constants}.items():
         t = ep.state_dict[target] if target in ep.state_dict else ep.constants[target]
-        t = t.detach().cpu()
+        out[name] = t.detach().cpu()
+    return out
+
+
+def _as_numpy(value):
+    """What a rule sees of a constant: tensors as numpy arrays (floats other than
+    float64 as float32), tuples and lists element by element, anything else as is."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
         if t.is_floating_point() and t.dtype != torch.float64:
             t = t.float()
-        out[name] = t.numpy()
-    return out
+        return t.numpy()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_as_numpy(v) for v in value)
+    return value
+
+
+# --- constant folding --------------------------------------------------------------------
+
+def _constant_nodes(ep, user_input):
+    """The call_function nodes whose value does not depend on the model input: they
+    read only parameters, buffers, literals and other such nodes (shape arithmetic,
+    anchor grids built at forward time with arange / full / casts, transposed
+    weights). Ops that draw random numbers are never constant."""
+    varying, const = {user_input}, set()
+    for fx in ep.graph.nodes:
+        if fx.op != "call_function":
+            continue
+        seeded = (isinstance(fx.target, torch._ops.OpOverload)
+                  and torch.Tag.nondeterministic_seeded in fx.target.tags)
+        if seeded or any(n in varying for n in fx.all_input_nodes):
+            varying.add(fx)
+        else:
+            const.add(fx)
+    return const
+
+
+def _fold(fx, values):
+    """Evaluate a constant node with torch, at conversion time; ``values`` holds the
+    torch value of every node it reads."""
+    args = torch.fx.node.map_arg(fx.args, lambda n: values[n])
+    kwargs = torch.fx.node.map_arg(fx.kwargs, lambda n: values[n])
+    try:
+        with torch.no_grad():
+            return fx.target(*args, **kwargs)
+    except Exception as e:  # whatever the op raises, say where it came from
+        raise ConversionError(f"{target_name(fx.target)} (from "
+                              f"{describe(fx) or 'an unknown place'}): evaluating this "
+                              f"constant at conversion time failed: {type(e).__name__}: "
+                              f"{e}") from e
 
 
 def _check_example(x):
@@ -276,11 +323,13 @@ def _check_eval_mode(ep):
                               "model.eval() instead")
 
 
-def _no_rule_error(ep):
-    """UnsupportedOperatorError for the first op without a rule, listing the others."""
+def _no_rule_error(ep, constant=frozenset()):
+    """UnsupportedOperatorError for the first op without a rule (constant nodes are
+    folded and need none), listing the others."""
     missing = {}
     for fx in ep.graph.nodes:
-        if fx.op == "call_function" and target_name(fx.target) not in RULES:
+        if (fx.op == "call_function" and fx not in constant
+                and target_name(fx.target) not in RULES):
             missing.setdefault(target_name(fx.target), fx)
     if not missing:
         return None
@@ -301,17 +350,25 @@ def _no_rule_error(ep):
 def lower(ep, example_input=None, preprocess=None):
     """The framedelta graph of an ExportedProgram of core aten ops, before the passes."""
     _check_eval_mode(ep)
-    err = _no_rule_error(ep)
+    user_input = _user_input(ep, example_input)
+    constant = _constant_nodes(ep, user_input)
+    err = _no_rule_error(ep, constant)
     if err is not None:
         raise err
-    user_input = _user_input(ep, example_input)
     consts = _constants(ep)
     ctx = Lowering()
-    env = {}
+    env, values = {}, {}      # values: the torch value of each constant node
     outputs = []
     for fx in ep.graph.nodes:
         if fx.op == "placeholder":
-            env[fx] = ctx.add_input(fx) if fx is user_input else consts.get(fx.name)
+            if fx is user_input:
+                env[fx] = ctx.add_input(fx)
+            else:
+                values[fx] = consts.get(fx.name)
+                env[fx] = _as_numpy(values[fx])
+        elif fx in constant:
+            values[fx] = _fold(fx, values)
+            env[fx] = _as_numpy(values[fx])
         elif fx.op == "call_function":
             ctx.begin(fx)
             env[fx] = RULES[ctx.op].fn(ctx, bind_args(fx, env))
