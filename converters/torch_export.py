@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.fx
 
-from framedelta.errors import ConversionError, ModelFormatError, UnsupportedOperatorError
-from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+from framedelta.errors import ConversionError, UnsupportedOperatorError
+from framedelta.formats.graph import Graph, InputSpec
 
-from . import passes
+from .lowering import GraphBuilder, finish
 from .rules import NO_RULE_HINTS, RULES, Data
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -120,16 +120,14 @@ def _static_shape(fx):
 
 # --- lowering ----------------------------------------------------------------------------
 
-class Lowering:
-    """What a rule sees as ``ctx``: the node being lowered and the graph built so far."""
+class Lowering(GraphBuilder):
+    """What a rule sees as ``ctx``: the FX node being lowered and the graph built so far."""
+
+    short_names = _SHORT_NAMES
 
     def __init__(self):
-        self.nodes = []
-        self.shapes = {}      # tensor name -> shape (torch layout)
-        self.origins = {}     # node name -> (aten op, where with full path)
-        self._names = set()
+        super().__init__()
         self.fx = None
-        self.op = None
 
     # the node being lowered
     def begin(self, fx):
@@ -141,56 +139,16 @@ class Lowering:
         return describe(self.fx)
 
     @property
+    def source(self):
+        return describe(self.fx, full_path=False)
+
+    @property
+    def node_name(self):
+        return self.fx.name
+
+    @property
     def out_shape(self):
         return _static_shape(self.fx)
-
-    def unsupported(self, detail, op=None):
-        return UnsupportedOperatorError(op or self.op, self.where, detail)
-
-    # reading arguments
-    def data(self, value, arg):
-        """The graph tensor name of an argument that must be computed from the input."""
-        if isinstance(value, Data):
-            return value.name
-        kind = "a constant tensor" if isinstance(value, np.ndarray) else repr(value)
-        raise self.unsupported(f"argument {arg!r} is {kind}, framedelta needs a tensor "
-                               "computed from the input here")
-
-    def const(self, value, arg):
-        """The numpy value of an argument that must be a constant of the model."""
-        if isinstance(value, np.ndarray):
-            return value
-        what = "computed from the input" if isinstance(value, Data) else f"{value!r}"
-        raise ConversionError(
-            f"{self.op} (from {self.where or 'an unknown place'}): argument {arg!r} must be "
-            f"a constant tensor (a parameter, buffer or constant of the model), but it is "
-            f"{what}")
-
-    def shape(self, name):
-        return self.shapes[name]
-
-    # building the graph
-    def _unique(self, base):
-        name, i = base, 1
-        while name in self._names:
-            name, i = f"{base}_{i}", i + 1
-        self._names.add(name)
-        return name
-
-    def emit(self, op, inputs, attrs=None, weights=None, shape=None, name=None):
-        """Append a node computing ``op``; returns its output as Data."""
-        base = name or self.fx.name
-        for long, short in _SHORT_NAMES.items():
-            if base.startswith(long):
-                base = short + base[len(long):]
-        name = self._unique(base)
-        weights = {k: np.ascontiguousarray(v, dtype=np.float32)
-                   for k, v in (weights or {}).items()}
-        self.nodes.append(Node(name, op, list(inputs), [name], dict(attrs or {}), weights,
-                               describe(self.fx, full_path=False) or ""))
-        self.shapes[name] = tuple(shape or self.out_shape)
-        self.origins[name] = (self.op, self.where)
-        return Data(name)
 
     def add_input(self, fx):
         self._names.add(fx.name)
@@ -411,19 +369,4 @@ def convert(model, example_input=None, path=None, *, preprocess=None):
     """
     ep = export(model, example_input)
     graph, origins = lower(ep, example_input, preprocess)
-    passes.run_passes(graph)
-    for node in passes.leftover_pseudo_nodes(graph):
-        op, where = origins[node.name]
-        raise UnsupportedOperatorError(op, where, passes.PSEUDO_OPS.get(
-            node.op, f"its intermediate form {node.op!r} did not fuse into a format op"))
-    try:
-        check_graph(graph)
-    except ModelFormatError as e:
-        node = e.node
-        op, where = origins.get(node, (None, None))
-        raise ConversionError(f"the converted graph breaks a format rule at "
-                              f"{op or 'graph level'} (from {where or 'unknown'}): {e}") from e
-    if path is not None:
-        from framedelta.formats import write_model
-        write_model(graph, path)
-    return graph
+    return finish(graph, origins, path)

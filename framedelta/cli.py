@@ -2,6 +2,7 @@
 
     framedelta convert net.pt2 -o net.h5
     framedelta convert pkg.module:factory --weights ckpt.pth --input-shape 1,3,360,480 -o net.h5
+    framedelta convert model.onnx [--input-shape 1,3,352,480] -o model.h5
     framedelta info net.h5
     framedelta run net.h5 clip.mp4 --threshold 8 --detector block
     framedelta run net.h5 clip.mp4 --layer-thresholds 0.05     # approximate mode
@@ -54,9 +55,15 @@ def _preprocess(args):
 
 
 def cmd_convert(args):
+    from .converters import convert, is_onnx_path
+    if is_onnx_path(args.source):
+        graph = convert(args.source, None, args.output, preprocess=_preprocess(args),
+                        input_shape=args.input_shape)
+        print(f"wrote {args.output}: {len(graph.nodes)} nodes, input "
+              f"{tuple(graph.input.shape)}")
+        return
     import torch
 
-    from .converters import convert
     from .converters.checkpoint import load_source
     source = load_source(args.source, weights=args.weights, allow_pickle=args.allow_pickle)
     if isinstance(source, torch.export.ExportedProgram):
@@ -264,10 +271,14 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"framedelta {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a model file")
-    c.add_argument("source", help="a .pt2 file (torch.export.save), or pkg.module:factory")
+    c = sub.add_parser("convert", help="convert a PyTorch checkpoint or an ONNX file to a "
+                                       "model file")
+    c.add_argument("source", help="a .pt2 file (torch.export.save), pkg.module:factory, or "
+                                  "an .onnx file")
     c.add_argument("--weights", help="state-dict file for a pkg.module:factory source")
-    c.add_argument("--input-shape", type=_shape, help="1,C,H,W (required for a factory)")
+    c.add_argument("--input-shape", type=_shape,
+                   help="1,C,H,W (required for a factory, and for an ONNX file whose input "
+                        "shape is dynamic)")
     c.add_argument("-o", "--output", required=True, help="model file to write (.h5)")
     c.add_argument("--frames-in", action="store_true",
                    help="declare ImageNet preprocessing so the model takes uint8 BGR frames")

@@ -121,14 +121,14 @@ def sum_dim(ctx, a):
         y = terms[0]
         for i, t in enumerate(terms[1:]):
             y = ctx.emit("add", [y, t], shape=ctx.shape(terms[0]),
-                         name=f"{ctx.fx.name}_{i}").name
+                         name=f"{ctx.node_name}_{i}").name
         return emit_reshape(ctx, y, "the sum")
     if rank == 4 and dims == [1]:
         y = ctx.emit("conv2d", [x], {
             "out_channels": 1, "kernel": (1, 1), "stride": (1, 1), "pads": (0, 0, 0, 0),
             "dilation": (1, 1), "groups": 1}, {"weight": np.ones((1, shape[1], 1, 1)),
                                                 "bias": np.zeros(1)},
-            shape=(1, 1) + shape[2:], name=f"{ctx.fx.name}_conv")
+            shape=(1, 1) + shape[2:], name=f"{ctx.node_name}_conv")
         return emit_reshape(ctx, y.name, "the sum")
     kept = [d for d in range(rank) if d not in dims]
     perm = tuple(kept + dims)
@@ -137,8 +137,8 @@ def sum_dim(ctx, a):
     y = x
     if perm != tuple(range(rank)):
         y = ctx.emit("permute", [y], {"dims": perm}, shape=tuple(shape[d] for d in perm),
-                     name=f"{ctx.fx.name}_t").name
-    y = emit_reshape(ctx, y, "the rows summed", (m, k), name=f"{ctx.fx.name}_rows").name
+                     name=f"{ctx.node_name}_t").name
+    y = emit_reshape(ctx, y, "the rows summed", (m, k), name=f"{ctx.node_name}_rows").name
     y = _linear(ctx, y, np.ones((k, 1), np.float32), None, shape=(m, 1)).name
     return emit_reshape(ctx, y, "the sum")
 
