@@ -9,7 +9,8 @@ depthwise 5x5 stride 2). Dense prediction: ``unet`` (a small classic U-Net), ``f
 backbone, ASPP with an image-pooling branch, bilinear logits). Detection: ``yolo``
 (YOLOv5-style: C3, SPPF, FPN/PAN neck, three decoded outputs as a tuple). Trained
 weights: ``pnet`` (MTCNN's face-proposal net, weights from the facenet-pytorch wheel;
-not in ``ZOO``, whose models are random).
+not in ``ZOO``, whose models are random); ``TRAINED`` (trained.py): ONNX files that
+ship in wheels, CenterFace and PP-OCRv4's text detector (``convert_trained(name)``).
 
 The factories take no required argument, so ``framedelta.converters.zoo:resnet18`` works
 as a checkpoint import path. ``ZOO`` maps names to factories of seeded, randomized eval
@@ -27,6 +28,7 @@ from .mobilenet import mobilenet_v2, mobilenet_v3_small
 from .pnet import PNet, pnet, pnet_preprocess, pnet_weights_path
 from .resnet import resnet18
 from .segmentation import deeplabv3, fcn, unet
+from .trained import TRAINED, convert_trained, trained_path
 from .yolo import yolo
 
 # --- randomized models ----------------------------------------------------------------------
@@ -69,4 +71,5 @@ ZOO = {
 
 __all__ = ["ZOO", "randomize_bn", "randomized", "resnet18", "mobilenet_v2",
            "mobilenet_v3_small", "efficientnet_b0", "unet", "fcn", "deeplabv3", "yolo",
-           "PNet", "pnet", "pnet_preprocess", "pnet_weights_path"]
+           "PNet", "pnet", "pnet_preprocess", "pnet_weights_path", "TRAINED",
+           "convert_trained", "trained_path"]

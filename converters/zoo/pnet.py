@@ -11,11 +11,10 @@ located without importing it::
     pip install --no-deps facenet-pytorch==2.6.0
 """
 
-import importlib.util
-import os
-
 import torch
 from torch import nn
+
+from .trained import wheel_file
 
 # MTCNN's input: RGB, (x - 127.5) / 128 (facenet_pytorch's detect_face)
 PNET_MEAN = 127.5
@@ -48,17 +47,8 @@ class PNet(nn.Module):
 
 
 def pnet_weights_path():
-    """Path of the trained PNet state dict in an installed facenet-pytorch, or None.
-
-    ``find_spec`` of a top-level package locates it without running its __init__."""
-    try:
-        spec = importlib.util.find_spec("facenet_pytorch")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "pnet.pt")
-    return path if os.path.isfile(path) else None
+    """Path of the trained PNet state dict in an installed facenet-pytorch, or None."""
+    return wheel_file("facenet_pytorch", "data", "pnet.pt")
 
 
 PNET_MISSING = ("PNet's trained weights come from the facenet-pytorch wheel: "
