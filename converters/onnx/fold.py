@@ -137,7 +137,7 @@ def slice_params(ins, attrs, opset, shape):
 def slice_(ins, attrs, opset):
     index = [slice(None)] * ins[0].ndim
     for a, s, e, st in slice_params(ins, attrs, opset, ins[0].shape):
-        index[a] = slice(s, e, st)
+        index[a] = slice(s, e if e >= 0 else None, st)    # indices() gives -1 for "before 0"
     return ins[0][tuple(index)]
 
 
