@@ -67,6 +67,13 @@ CASES = {
     "fcn": dict(
         kwargs={}, shape=(1, 3, 64, 96), ops={"conv2d", "conv_transpose2d", "add"},
         probe=None, global_tail=False),
+    # anchors built at forward time (arange, meshgrid, full, casts) fold to constants;
+    # the DFL softmax, the reshapes and the box decoding are the tail after the sparse part
+    "yolov8n": dict(
+        kwargs={}, shape=(1, 3, 64, 96),
+        ops={"conv2d", "silu", "max_pool2d", "upsample_nearest", "concat", "softmax",
+             "sigmoid", "sub", "reshape", "permute"},
+        probe="model.22.cv2.0", global_tail=True),
 }
 
 
@@ -78,7 +85,7 @@ class Converted:
         self.x = torch.rand(case["shape"], generator=torch.Generator().manual_seed(1)) * 2 - 1
         with torch.no_grad():
             ref = self.net(self.x)
-        self.refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        self.refs = [r.numpy() for r in outputs(ref)]
         self.graph = convert(self.net, self.x)
         self.model = Model(self.graph)
 
@@ -101,7 +108,10 @@ def zoo(request):
 
 
 def outputs(y):
-    return list(y) if isinstance(y, tuple) else [y]
+    """A model's outputs as a flat list (YOLOv8 returns (y, [p3, p4, p5]))."""
+    if isinstance(y, (tuple, list)):
+        return [t for part in y for t in outputs(part)]
+    return [y]
 
 
 # --- dense -----------------------------------------------------------------------------------
@@ -130,6 +140,11 @@ def test_dense_details_of_each_architecture(zoo):
         assert len(g.outputs) == 3
         pools = [n for n in g.nodes if n.op == "max_pool2d"]
         assert len(pools) == 3 and all(tuple(n.attrs["kernel"]) == (5, 5) for n in pools)
+    if zoo.name == "yolov8n":
+        # (1, 4 + 80, N) boxes and scores, then the three raw maps; no op from the anchors
+        n = sum((64 // s) * (96 // s) for s in (8, 16, 32))
+        assert len(g.outputs) == 4 and zoo.refs[0].shape == (1, 84, n)
+        assert not {"expand", "linear"} & {m.op for m in g.nodes}
     if zoo.name == "fcn":
         ups = [n for n in g.nodes if n.op == "conv_transpose2d"]
         assert len(ups) == len(net.upscore) == 3
