@@ -93,6 +93,8 @@ setup(
     name="framedelta",
     version="0.2.0",
     description="Incremental CNN inference for fixed-camera video on the CPU",
+    license="MIT",
+    license_files=["LICENSE"],
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
@@ -113,7 +115,9 @@ setup(
     extras_require={
         "torch": ["torch==2.13.0"],
         "regions": ["opencv-python-headless>=4.8"],   # mode="regions": connected components
-        "test": ["torch==2.13.0", "pytest>=7", "hypothesis>=6.80", "opencv-python-headless>=4.8"],
+        "onnx": ["onnx>=1.15"],                       # converting ONNX files
+        "test": ["torch==2.13.0", "pytest>=7", "hypothesis>=6.80", "opencv-python-headless>=4.8",
+                 "onnx>=1.15", "onnxruntime>=1.17"],
         "bench": ["torch==2.13.0", "onnxruntime>=1.17", "onnx>=1.15",
                   "matplotlib>=3.7", "opencv-python-headless>=4.8"],
     },

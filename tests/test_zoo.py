@@ -409,3 +409,33 @@ def test_pnet_with_trained_weights_matches_torch(tmp_path):
     xf = (torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)[None].float() - 127.5) / 128
     with torch.no_grad():
         close_to_torch(model.run(frame)[1], net(xf)[1])
+
+
+@pytest.mark.parametrize("name", ["rnet", "onet"])
+def test_rnet_onet_with_trained_weights_on_vtest_crops(name, tmp_path, vtest_path):
+    """RNet and ONet classify fixed-size crops (24x24, 48x48); on a fixed camera a
+    crop at a fixed place is a stream of its own: dense equals torch, each step equals
+    a dense run on the reference input."""
+    import importlib
+
+    from framedelta.scenes import video_frames
+    mtcnn = importlib.import_module("framedelta.converters.zoo.pnet")   # not the function
+    if mtcnn.pnet_weights_path(name) is None:
+        pytest.skip(mtcnn.PNET_MISSING)
+    net, n = getattr(mtcnn, name)(), mtcnn.MTCNN_SIZES[name]
+    fd.convert(net, torch.rand(1, 3, n, n), tmp_path / "m.h5",
+               preprocess=mtcnn.pnet_preprocess())
+    model = fd.load(tmp_path / "m.h5")
+    # where people walk in vtest
+    crops = [np.ascontiguousarray(f[200:200 + n, 200:200 + n])
+             for f in video_frames(vtest_path, 12)]
+    x = (torch.from_numpy(crops[0][..., ::-1].copy()).permute(2, 0, 1)[None].float()
+         - 127.5) / 128
+    with torch.no_grad():
+        refs = net(x)
+    for y, ref in zip(outputs(model.run(crops[0])), refs):
+        close_to_torch(y, ref)
+    s = model.stream(threshold=8, detector="block", block=8)
+    for crop in crops:
+        for y, ref in zip(outputs(s.step(crop)), outputs(model.run(s.reference_input))):
+            np.testing.assert_array_equal(y, ref)

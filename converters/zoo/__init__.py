@@ -27,7 +27,7 @@ from torch import nn
 
 from .efficientnet import efficientnet_b0
 from .mobilenet import mobilenet_v2, mobilenet_v3_small
-from .pnet import PNet, pnet, pnet_preprocess, pnet_weights_path
+from .pnet import PNet, onet, pnet, pnet_preprocess, pnet_weights_path, rnet
 from .resnet import resnet18
 from .segmentation import deeplabv3, fcn, unet
 from .trained import TRAINED, convert_trained, trained_path
@@ -75,5 +75,5 @@ ZOO = {
 
 __all__ = ["ZOO", "randomize_bn", "randomized", "resnet18", "mobilenet_v2",
            "mobilenet_v3_small", "efficientnet_b0", "unet", "fcn", "deeplabv3", "yolo",
-           "yolov8n", "PNet", "pnet", "pnet_preprocess", "pnet_weights_path", "TRAINED",
+           "yolov8n", "PNet", "pnet", "rnet", "onet", "pnet_preprocess", "pnet_weights_path", "TRAINED",
            "convert_trained", "trained_path"]

@@ -46,25 +46,108 @@ class PNet(nn.Module):
         return self.conv4_2(x), self.softmax4_1(self.conv4_1(x))
 
 
-def pnet_weights_path():
-    """Path of the trained PNet state dict in an installed facenet-pytorch, or None."""
-    return wheel_file("facenet_pytorch", "data", "pnet.pt")
+class RNet(nn.Module):
+    """MTCNN's refinement net on 24x24 crops: three convs with PReLU and pools, then
+    dense layers (the map flattened in facenet-pytorch's (W, H, C) order): box
+    regression and face probability."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.softmax5_1 = nn.Softmax(dim=1)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x):
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        x = x.permute(0, 3, 2, 1).contiguous()
+        x = self.prelu4(self.dense4(x.view(x.shape[0], -1)))
+        return self.dense5_2(x), self.softmax5_1(self.dense5_1(x))
 
 
-PNET_MISSING = ("PNet's trained weights come from the facenet-pytorch wheel: "
+class ONet(nn.Module):
+    """MTCNN's output net on 48x48 crops: box regression, five landmarks, face
+    probability."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.softmax6_1 = nn.Softmax(dim=1)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = x.permute(0, 3, 2, 1).contiguous()
+        x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
+        return self.dense6_2(x), self.dense6_3(x), self.softmax6_1(self.dense6_1(x))
+
+
+# the input side each net is trained for (PNet is fully convolutional: any size)
+MTCNN_SIZES = {"rnet": 24, "onet": 48}
+
+
+def pnet_weights_path(net="pnet"):
+    """Path of the trained state dict of ``net`` ("pnet", "rnet" or "onet") in an
+    installed facenet-pytorch, or None."""
+    return wheel_file("facenet_pytorch", "data", f"{net}.pt")
+
+
+PNET_MISSING = ("MTCNN's trained weights come from the facenet-pytorch wheel: "
                 "pip install --no-deps facenet-pytorch==2.6.0")
+
+
+def _mtcnn(cls, name, pretrained):
+    model = cls()
+    if pretrained:
+        path = pnet_weights_path(name)
+        if path is None:
+            raise FileNotFoundError(PNET_MISSING)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def pnet(pretrained=True):
     """PNet in eval mode, with the trained weights when ``pretrained`` (FileNotFoundError
     saying how to install them when facenet-pytorch is absent)."""
-    model = PNet()
-    if pretrained:
-        path = pnet_weights_path()
-        if path is None:
-            raise FileNotFoundError(PNET_MISSING)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
+    return _mtcnn(PNet, "pnet", pretrained)
+
+
+def rnet(pretrained=True):
+    """RNet (24x24 crops) in eval mode, trained weights as for :func:`pnet`."""
+    return _mtcnn(RNet, "rnet", pretrained)
+
+
+def onet(pretrained=True):
+    """ONet (48x48 crops) in eval mode, trained weights as for :func:`pnet`."""
+    return _mtcnn(ONet, "onet", pretrained)
 
 
 def pnet_preprocess():
