@@ -68,8 +68,9 @@ def read_clip(video, frames=0, without=None):
 def as_outputs(y):
     """A model's outputs as a list of numpy arrays (several come back as a tuple or list)."""
     import numpy as np
-    ys = list(y) if isinstance(y, (tuple, list)) else [y]
-    return [np.asarray(v.detach().numpy() if hasattr(v, "detach") else v) for v in ys]
+    if isinstance(y, (tuple, list)):          # YOLOv8: (y, [p3, p4, p5])
+        return [v for part in y for v in as_outputs(part)]
+    return [np.asarray(y.detach().numpy() if hasattr(y, "detach") else y)]
 
 
 def _cpu_jiffies():

@@ -12,7 +12,8 @@ reference (torch, or onnxruntime on the same ONNX file) as max |y - ref| / (1 + 
 |ref|) over the outputs; then one exact stream (block detector 16, threshold 8 in pixel
 units) over the frames, checking every 10th step against a dense run on the stream's
 reference input, and report sum of dense MACs / sum of incremental MACs over every step
-but the first (dense) one. Frames are cropped to 352x480 (sides multiples of 32).
+but the first (dense) one. Frames are cropped to 352x480 (sides multiples of 32);
+RNet and ONet, classifiers of 24x24 and 48x48 crops, see the crop at (200, 200).
 """
 
 import argparse
@@ -28,7 +29,8 @@ from common import (MODELS, ROOT, TRAINED_MODELS, as_outputs, machine_facts,  # 
 
 IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
-ALL = MODELS + ["pnet"] + list(TRAINED_MODELS)
+ALL = MODELS + ["pnet", "rnet", "onet"] + list(TRAINED_MODELS)
+CROP = {"rnet": 24, "onet": 48}    # classifiers of fixed crops: one at (200, 200)
 
 
 def _torch_reference(net, pre):
@@ -45,6 +47,7 @@ def _torch_reference(net, pre):
 
 def build(name, h, w, tmp):
     """(model, reference(frame) -> outputs, source)."""
+    h, w = (CROP[name],) * 2 if name in CROP else (h, w)
     import torch
 
     import framedelta as fd
@@ -56,12 +59,14 @@ def build(name, h, w, tmp):
         model, sess, to_input = built
         feed = sess.get_inputs()[0].name
         return model, lambda f: sess.run(None, {feed: to_input(f)}), "ONNX file (wheel)"
-    if name == "pnet":
-        from framedelta.converters.zoo import pnet, pnet_preprocess, pnet_weights_path
-        if pnet_weights_path() is None:
-            print("pnet skipped: pip install --no-deps facenet-pytorch==2.6.0", file=sys.stderr)
+    if name in ("pnet", "rnet", "onet"):
+        import importlib
+        mtcnn = importlib.import_module("framedelta.converters.zoo.pnet")
+        if mtcnn.pnet_weights_path(name) is None:
+            print(f"{name} skipped: {mtcnn.PNET_MISSING}", file=sys.stderr)
             return None
-        net, pre, source = pnet(), pnet_preprocess(), "PyTorch (facenet-pytorch weights)"
+        net, pre = getattr(mtcnn, name)(), mtcnn.pnet_preprocess()
+        source = "PyTorch (facenet-pytorch weights)"
     else:
         net, pre, source = zoo_model(name, h, w), Preprocess(**IMAGENET), "zoo (random)"
     path = Path(tmp) / f"{name}.h5"
@@ -111,7 +116,10 @@ def main(argv=None):
             if built is None:
                 continue
             model, reference, source = built
-            err, ratio = measure(model, reference, frames)
+            n = CROP.get(name)
+            clip = frames if n is None else [
+                np.ascontiguousarray(f[200:200 + n, 200:200 + n]) for f in frames]
+            err, ratio = measure(model, reference, clip)
             print(f"| {name} | {source} | yes | {err:.1e} | {ratio:.2f}x |", flush=True)
 
 

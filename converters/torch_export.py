@@ -236,11 +236,18 @@ def export(model, example_input):
         ep = model
     elif isinstance(model, torch.nn.Module):
         x = _check_example(example_input)
+        # a forward that caches on the module (YOLOv8's Detect keeps its anchors) would
+        # keep the exporter's fake tensors there: put every attribute back afterwards
+        saved = [(m, dict(m.__dict__)) for m in model.modules()]
         try:
             ep = torch.export.export(model.eval(), (x,))
         except Exception as e:  # torch raises many kinds; all mean "cannot export"
             raise ConversionError(f"torch.export could not export "
                                   f"{type(model).__name__}: {type(e).__name__}: {e}") from e
+        finally:
+            for m, attrs in saved:
+                m.__dict__.clear()
+                m.__dict__.update(attrs)
     else:
         raise ConversionError(f"expected a torch.nn.Module or an ExportedProgram, got "
                               f"{type(model).__name__}")

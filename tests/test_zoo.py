@@ -145,6 +145,12 @@ def test_dense_details_of_each_architecture(zoo):
         n = sum((64 // s) * (96 // s) for s in (8, 16, 32))
         assert len(g.outputs) == 4 and zoo.refs[0].shape == (1, 84, n)
         assert not {"expand", "linear"} & {m.op for m in g.nodes}
+        # the anchors Detect caches during the export are not left on the module
+        fresh = ZOO["yolov8n"]()
+        convert(fresh, zoo.x)
+        assert fresh.model[22].shape is None
+        with torch.no_grad():
+            close_to_torch(fresh(zoo.x)[0], zoo.refs[0])
     if zoo.name == "fcn":
         ups = [n for n in g.nodes if n.op == "conv_transpose2d"]
         assert len(ups) == len(net.upscore) == 3
