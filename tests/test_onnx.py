@@ -235,3 +235,32 @@ def test_opset_out_of_range(tmp_path):
     onnx.save(model, str(tmp_path / "old.onnx"))
     with pytest.raises(ConversionError, match=r"old\.onnx.*opset 8"):
         convert(tmp_path / "old.onnx")
+
+
+def _hand_made(tmp_path, nodes, opset=17, name="h.onnx"):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.save(model, str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_cast_to_float_is_an_identity_and_other_casts_are_refused(tmp_path):
+    from onnx import TensorProto, helper
+    path = _hand_made(tmp_path, [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT),
+                                 helper.make_node("Relu", ["c"], ["y"])])
+    assert [n.op for n in check(path).nodes] == ["relu"]
+    path = _hand_made(tmp_path, [helper.make_node("Cast", ["x"], ["y"], name="to_int",
+                                                  to=TensorProto.INT64)], name="i.onnx")
+    with pytest.raises(UnsupportedOperatorError, match="to_int.*opset 17.*float32"):
+        convert(path)
+
+
+def test_custom_domain_is_named(tmp_path):
+    from onnx import helper
+    path = _hand_made(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="mine",
+                                                  domain="com.example")])
+    with pytest.raises(UnsupportedOperatorError, match="'mine'.*com.example"):
+        convert(path)

@@ -17,7 +17,6 @@ express raises UnsupportedOperatorError naming the op type, the node and the ops
 
 import os
 
-import numpy as np
 
 from framedelta.errors import ConversionError
 from framedelta.formats.graph import Graph, InputSpec

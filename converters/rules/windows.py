@@ -111,7 +111,7 @@ def sum_dim(ctx, a):
     a linear layer with unit weights on the rows of the permuted tensor (global)."""
     from .tails import _linear, emit_reshape
     x = ctx.data(a["self"], "self")
-    shape, out = ctx.shape(x), ctx.out_shape
+    shape = ctx.shape(x)
     rank = len(shape)
     dims = sorted({axis_index(int(d), rank) for d in (a["dim"] or range(rank))})
     if a["dtype"] is not None:

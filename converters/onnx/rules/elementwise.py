@@ -134,3 +134,13 @@ def _arith(op):
 
 for _onnx, _op in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div")):
     onnx_rule(_onnx, produces=(_op, "reshape"))(_arith(_op))
+
+
+@onnx_rule("Cast", produces=("identity",))
+def cast(ctx, ins, attrs):
+    """A cast of a computed tensor to float32 (what it is already) is an identity;
+    framedelta computes in float32 only."""
+    if int(attrs["to"]) != 1:
+        raise ctx.unsupported(f"attribute 'to'={attrs['to']}: a computed tensor can only "
+                              f"be cast to float32 (framedelta has no other dtype)")
+    return ctx.emit("identity", [ctx.data(ins[0], "input")])
