@@ -57,12 +57,16 @@ def check(path, shape=None, seed=0):
     return graph
 
 
-class Net(nn.Module):
-    def __init__(self, fn, **mods):
+class Small(nn.Module):
+    """forward(x) = fn(self, x) over a conv-BN-ReLU ``c``, a transposed conv ``u``, a
+    linear ``fc``, a PReLU ``p`` and a constant matrix ``w``."""
+
+    def __init__(self, fn):
         super().__init__()
         self.fn = fn
-        for name, m in mods.items():
-            setattr(self, name, m)
+        self.c = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.u, self.fc, self.p = nn.ConvTranspose2d(3, 2, 2, 2), nn.Linear(2, 5), nn.PReLU(4)
+        self.register_buffer("w", torch.randn(4, 3))
         randomize_bn(self, seed=1)
 
     def forward(self, x):
@@ -117,11 +121,7 @@ NETS = {
 
 
 def small(name):
-    net = Net(NETS[name], c=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
-                                          nn.ReLU()),
-              u=nn.ConvTranspose2d(3, 2, 2, 2), fc=nn.Linear(2, 5), p=nn.PReLU(4))
-    net.register_buffer("w", torch.randn(4, 3))
-    return net
+    return Small(NETS[name])
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 17, 20])
@@ -136,8 +136,7 @@ def test_small_nets_at_each_opset(name, opset, tmp_path):
 
 def test_shape_chains_fold_for_a_dynamic_export(tmp_path):
     # x.view(x.shape[0], 4, -1) with dynamic axes: Shape -> Gather -> Unsqueeze -> Concat
-    net = Net(lambda m, x: m.c(x).view(x.shape[0], 4, -1).permute(0, 2, 1) + 1,
-              c=nn.Conv2d(3, 4, 3, padding=1))
+    net = Small(lambda m, x: m.c(x).view(x.shape[0], 4, -1).permute(0, 2, 1) + 1)
     path = export(net, (1, 3, 10, 12), tmp_path / "d.onnx", 13, dynamic=True)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"Shape", "Gather", "Unsqueeze", "Concat"} <= ops
@@ -171,8 +170,8 @@ def test_input_shape_replaces_a_dynamic_one(tmp_path):
 # --- bad input ------------------------------------------------------------------------------
 
 def test_unsupported_op_names_op_type_node_and_opset(tmp_path):
-    path = export(Net(lambda m, x: torch.atan(m.c(x)), c=nn.Conv2d(3, 4, 3)),
-                  (1, 3, 8, 8), tmp_path / "atan.onnx", 15)
+    path = export(Small(lambda m, x: torch.atan(m.c(x))), (1, 3, 8, 8),
+                  tmp_path / "atan.onnx", 15)
     with pytest.raises(UnsupportedOperatorError) as info:
         convert(path)
     msg = str(info.value)

@@ -46,21 +46,34 @@ class PNet(nn.Module):
         return self.conv4_2(x), self.softmax4_1(self.conv4_1(x))
 
 
+def _add_convs(net, spec):
+    """conv{i} -> prelu{i} (-> pool{i}) for each (cin, cout, kernel, pool) of ``spec``,
+    named as facenet-pytorch names them (so its state dicts load)."""
+    for i, (cin, cout, k, pool) in enumerate(spec, 1):
+        setattr(net, f"conv{i}", nn.Conv2d(cin, cout, kernel_size=k))
+        setattr(net, f"prelu{i}", nn.PReLU(cout))
+        if pool:
+            setattr(net, f"pool{i}", nn.MaxPool2d(*pool, ceil_mode=True))
+    net.n_convs = len(spec)
+
+
+def _features(net, x):
+    """The convolutions, then the map flattened in facenet-pytorch's (W, H, C) order."""
+    for i in range(1, net.n_convs + 1):
+        x = getattr(net, f"prelu{i}")(getattr(net, f"conv{i}")(x))
+        if hasattr(net, f"pool{i}"):
+            x = getattr(net, f"pool{i}")(x)
+    x = x.permute(0, 3, 2, 1).contiguous()
+    return x.view(x.shape[0], -1)
+
+
 class RNet(nn.Module):
-    """MTCNN's refinement net on 24x24 crops: three convs with PReLU and pools, then
-    dense layers (the map flattened in facenet-pytorch's (W, H, C) order): box
-    regression and face probability."""
+    """MTCNN's refinement net on 24x24 crops: three convs with PReLU and pools, a dense
+    layer, then box regression and face probability."""
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
-        self.prelu1 = nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
-        self.prelu2 = nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
-        self.prelu3 = nn.PReLU(64)
+        _add_convs(self, [(3, 28, 3, (3, 2)), (28, 48, 3, (3, 2)), (48, 64, 2, None)])
         self.dense4 = nn.Linear(576, 128)
         self.prelu4 = nn.PReLU(128)
         self.dense5_1 = nn.Linear(128, 2)
@@ -68,11 +81,7 @@ class RNet(nn.Module):
         self.dense5_2 = nn.Linear(128, 4)
 
     def forward(self, x):
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu3(self.conv3(x))
-        x = x.permute(0, 3, 2, 1).contiguous()
-        x = self.prelu4(self.dense4(x.view(x.shape[0], -1)))
+        x = self.prelu4(self.dense4(_features(self, x)))
         return self.dense5_2(x), self.softmax5_1(self.dense5_1(x))
 
 
@@ -82,17 +91,8 @@ class ONet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
-        self.prelu1 = nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
-        self.prelu2 = nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
-        self.prelu3 = nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
-        self.prelu4 = nn.PReLU(128)
+        _add_convs(self, [(3, 32, 3, (3, 2)), (32, 64, 3, (3, 2)), (64, 64, 3, (2, 2)),
+                          (64, 128, 2, None)])
         self.dense5 = nn.Linear(1152, 256)
         self.prelu5 = nn.PReLU(256)
         self.dense6_1 = nn.Linear(256, 2)
@@ -101,12 +101,7 @@ class ONet(nn.Module):
         self.dense6_3 = nn.Linear(256, 10)
 
     def forward(self, x):
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x))
-        x = x.permute(0, 3, 2, 1).contiguous()
-        x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
+        x = self.prelu5(self.dense5(_features(self, x)))
         return self.dense6_2(x), self.dense6_3(x), self.softmax6_1(self.dense6_1(x))
 
 

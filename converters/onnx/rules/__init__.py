@@ -10,32 +10,12 @@ are declared in ``produces``; the rules reuse the torch rules' helpers where the
 arithmetic is the same (broadcasting, reshapes, slices, linear layers, sums).
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ...rules import Data
+from ...rules import Data, registrar
 
-
-@dataclass(frozen=True)
-class OnnxRule:
-    op_type: str
-    fn: object
-    produces: tuple
-    doc: str = ""
-
-
-ONNX_RULES = {}
-
-
-def onnx_rule(*op_types, produces=()):
-    def register(fn):
-        for op in op_types:
-            if op in ONNX_RULES:
-                raise AssertionError(f"two ONNX rules for {op}")
-            ONNX_RULES[op] = OnnxRule(op, fn, tuple(produces), (fn.__doc__ or "").strip())
-        return fn
-    return register
+ONNX_RULES = {}       # op type -> rules.Rule
+onnx_rule = registrar(ONNX_RULES)
 
 
 def image(ctx, value, what="input"):
