@@ -36,7 +36,29 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # the zoo (framedelta.converters.zoo), in the order the tables list it
 MODELS = ["resnet18", "mobilenet_v2", "unet", "mobilenet_v3_small", "efficientnet_b0",
-          "deeplabv3", "yolo", "fcn"]
+          "deeplabv3", "yolo", "fcn", "yolov8n"]
+
+
+# trained models from wheels (framedelta.converters.zoo.trained): ONNX files converted
+# directly, onnxruntime on the same file the reference; sides multiples of 32
+TRAINED_MODELS = {"centerface": (352, 480), "ppocr_det": (352, 480)}
+
+
+def trained_engines(name, n_threads, tmp, size=None):
+    """(framedelta Model taking uint8 BGR frames, onnxruntime session of the same file,
+    frame -> the session's input) for trained model ``name`` at ``size`` (h, w), or
+    None after saying so when its wheel is absent."""
+    import framedelta as fd
+    from framedelta.converters.zoo.trained import (TRAINED, convert_trained, frame_input,
+                                                   reference_session)
+    if TRAINED[name].path() is None:
+        print(f"{name} skipped: {TRAINED[name].missing}", file=sys.stderr)
+        return None
+    h, w = size or TRAINED_MODELS[name]
+    path = Path(tmp) / f"{name}.h5"
+    convert_trained(name, path, size=(h, w))
+    sess = reference_session(name, (1, 3, h, w), n_threads)
+    return fd.load(path, n_threads=n_threads), sess, lambda frame: frame_input(name, frame)
 
 
 def zoo_model(name, h, w):
@@ -62,8 +84,9 @@ def read_clip(video, frames=0, without=None):
 def as_outputs(y):
     """A model's outputs as a list of numpy arrays (several come back as a tuple or list)."""
     import numpy as np
-    ys = list(y) if isinstance(y, (tuple, list)) else [y]
-    return [np.asarray(v.detach().numpy() if hasattr(v, "detach") else v) for v in ys]
+    if isinstance(y, (tuple, list)):          # YOLOv8: (y, [p3, p4, p5])
+        return [v for part in y for v in as_outputs(part)]
+    return [np.asarray(y.detach().numpy() if hasattr(y, "detach") else y)]
 
 
 def _cpu_jiffies():

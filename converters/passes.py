@@ -509,6 +509,9 @@ PSEUDO_OPS = {
               "slope or one slope per channel (nn.PReLU, a hand-written leaky ReLU), each "
               "intermediate read by the where alone"),
     # rearranging and normalising: pad, pixel shuffle, slice, norms
+    "concat_batch": ("argument 'dim'=0: concatenation along the batch (dim 0) is not "
+                     "supported, the batch stays 1; only a sum over a stacked axis "
+                     "(torch.stack(xs).sum(0)) converts, to adds"),
 }
 
 

@@ -1,7 +1,9 @@
 """PyTorch -> framedelta graph, through torch.export.
 
 ``convert`` exports the module (or takes an ExportedProgram), runs torch's default
-decompositions so that every op is a core aten op, lowers each FX node with the rule
+decompositions so that every op is a core aten op, folds the nodes that read only
+constants (evaluated with torch at conversion time: shape arithmetic, anchor grids
+built at forward time, transposed weights), lowers each other FX node with the rule
 registered for its aten op (rules.py), runs the graph passes (passes.py: BN folding,
 activation fusion, pad folding, identity removal), checks the result with
 formats.check_graph and optionally writes the model file.
@@ -19,10 +21,10 @@ import numpy as np
 import torch
 import torch.fx
 
-from framedelta.errors import ConversionError, ModelFormatError, UnsupportedOperatorError
-from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
+from framedelta.errors import ConversionError, UnsupportedOperatorError
+from framedelta.formats.graph import Graph, InputSpec
 
-from . import passes
+from .lowering import GraphBuilder, finish
 from .rules import NO_RULE_HINTS, RULES, Data
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -118,16 +120,14 @@ def _static_shape(fx):
 
 # --- lowering ----------------------------------------------------------------------------
 
-class Lowering:
-    """What a rule sees as ``ctx``: the node being lowered and the graph built so far."""
+class Lowering(GraphBuilder):
+    """What a rule sees as ``ctx``: the FX node being lowered and the graph built so far."""
+
+    short_names = _SHORT_NAMES
 
     def __init__(self):
-        self.nodes = []
-        self.shapes = {}      # tensor name -> shape (torch layout)
-        self.origins = {}     # node name -> (aten op, where with full path)
-        self._names = set()
+        super().__init__()
         self.fx = None
-        self.op = None
 
     # the node being lowered
     def begin(self, fx):
@@ -139,56 +139,16 @@ class Lowering:
         return describe(self.fx)
 
     @property
+    def source(self):
+        return describe(self.fx, full_path=False)
+
+    @property
+    def node_name(self):
+        return self.fx.name
+
+    @property
     def out_shape(self):
         return _static_shape(self.fx)
-
-    def unsupported(self, detail, op=None):
-        return UnsupportedOperatorError(op or self.op, self.where, detail)
-
-    # reading arguments
-    def data(self, value, arg):
-        """The graph tensor name of an argument that must be computed from the input."""
-        if isinstance(value, Data):
-            return value.name
-        kind = "a constant tensor" if isinstance(value, np.ndarray) else repr(value)
-        raise self.unsupported(f"argument {arg!r} is {kind}, framedelta needs a tensor "
-                               "computed from the input here")
-
-    def const(self, value, arg):
-        """The numpy value of an argument that must be a constant of the model."""
-        if isinstance(value, np.ndarray):
-            return value
-        what = "computed from the input" if isinstance(value, Data) else f"{value!r}"
-        raise ConversionError(
-            f"{self.op} (from {self.where or 'an unknown place'}): argument {arg!r} must be "
-            f"a constant tensor (a parameter, buffer or constant of the model), but it is "
-            f"{what}")
-
-    def shape(self, name):
-        return self.shapes[name]
-
-    # building the graph
-    def _unique(self, base):
-        name, i = base, 1
-        while name in self._names:
-            name, i = f"{base}_{i}", i + 1
-        self._names.add(name)
-        return name
-
-    def emit(self, op, inputs, attrs=None, weights=None, shape=None, name=None):
-        """Append a node computing ``op``; returns its output as Data."""
-        base = name or self.fx.name
-        for long, short in _SHORT_NAMES.items():
-            if base.startswith(long):
-                base = short + base[len(long):]
-        name = self._unique(base)
-        weights = {k: np.ascontiguousarray(v, dtype=np.float32)
-                   for k, v in (weights or {}).items()}
-        self.nodes.append(Node(name, op, list(inputs), [name], dict(attrs or {}), weights,
-                               describe(self.fx, full_path=False) or ""))
-        self.shapes[name] = tuple(shape or self.out_shape)
-        self.origins[name] = (self.op, self.where)
-        return Data(name)
 
     def add_input(self, fx):
         self._names.add(fx.name)
@@ -197,17 +157,62 @@ class Lowering:
 
 
 def _constants(ep):
-    """{placeholder name: numpy array} of parameters, buffers and lifted constants."""
+    """{placeholder name: tensor} of parameters, buffers and lifted constants."""
     sig = ep.graph_signature
     out = {}
     for name, target in {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                          **sig.inputs_to_lifted_tensor_constants}.items():
         t = ep.state_dict[target] if target in ep.state_dict else ep.constants[target]
-        t = t.detach().cpu()
+        out[name] = t.detach().cpu()
+    return out
+
+
+def _as_numpy(value):
+    """What a rule sees of a constant: tensors as numpy arrays (floats other than
+    float64 as float32), tuples and lists element by element, anything else as is."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
         if t.is_floating_point() and t.dtype != torch.float64:
             t = t.float()
-        out[name] = t.numpy()
-    return out
+        return t.numpy()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_as_numpy(v) for v in value)
+    return value
+
+
+# --- constant folding --------------------------------------------------------------------
+
+def _constant_nodes(ep, user_input):
+    """The call_function nodes whose value does not depend on the model input: they
+    read only parameters, buffers, literals and other such nodes (shape arithmetic,
+    anchor grids built at forward time with arange / full / casts, transposed
+    weights). Ops that draw random numbers are never constant."""
+    varying, const = {user_input}, set()
+    for fx in ep.graph.nodes:
+        if fx.op != "call_function":
+            continue
+        seeded = (isinstance(fx.target, torch._ops.OpOverload)
+                  and torch.Tag.nondeterministic_seeded in fx.target.tags)
+        if seeded or any(n in varying for n in fx.all_input_nodes):
+            varying.add(fx)
+        else:
+            const.add(fx)
+    return const
+
+
+def _fold(fx, values):
+    """Evaluate a constant node with torch, at conversion time; ``values`` holds the
+    torch value of every node it reads."""
+    args = torch.fx.node.map_arg(fx.args, lambda n: values[n])
+    kwargs = torch.fx.node.map_arg(fx.kwargs, lambda n: values[n])
+    try:
+        with torch.no_grad():
+            return fx.target(*args, **kwargs)
+    except Exception as e:  # whatever the op raises, say where it came from
+        raise ConversionError(f"{target_name(fx.target)} (from "
+                              f"{describe(fx) or 'an unknown place'}): evaluating this "
+                              f"constant at conversion time failed: {type(e).__name__}: "
+                              f"{e}") from e
 
 
 def _check_example(x):
@@ -231,11 +236,18 @@ def export(model, example_input):
         ep = model
     elif isinstance(model, torch.nn.Module):
         x = _check_example(example_input)
+        # a forward that caches on the module (YOLOv8's Detect keeps its anchors) would
+        # keep the exporter's fake tensors there: put every attribute back afterwards
+        saved = [(m, dict(m.__dict__)) for m in model.modules()]
         try:
             ep = torch.export.export(model.eval(), (x,))
         except Exception as e:  # torch raises many kinds; all mean "cannot export"
             raise ConversionError(f"torch.export could not export "
                                   f"{type(model).__name__}: {type(e).__name__}: {e}") from e
+        finally:
+            for m, attrs in saved:
+                m.__dict__.clear()
+                m.__dict__.update(attrs)
     else:
         raise ConversionError(f"expected a torch.nn.Module or an ExportedProgram, got "
                               f"{type(model).__name__}")
@@ -276,11 +288,13 @@ def _check_eval_mode(ep):
                               "model.eval() instead")
 
 
-def _no_rule_error(ep):
-    """UnsupportedOperatorError for the first op without a rule, listing the others."""
+def _no_rule_error(ep, constant=frozenset()):
+    """UnsupportedOperatorError for the first op without a rule (constant nodes are
+    folded and need none), listing the others."""
     missing = {}
     for fx in ep.graph.nodes:
-        if fx.op == "call_function" and target_name(fx.target) not in RULES:
+        if (fx.op == "call_function" and fx not in constant
+                and target_name(fx.target) not in RULES):
             missing.setdefault(target_name(fx.target), fx)
     if not missing:
         return None
@@ -301,17 +315,25 @@ def _no_rule_error(ep):
 def lower(ep, example_input=None, preprocess=None):
     """The framedelta graph of an ExportedProgram of core aten ops, before the passes."""
     _check_eval_mode(ep)
-    err = _no_rule_error(ep)
+    user_input = _user_input(ep, example_input)
+    constant = _constant_nodes(ep, user_input)
+    err = _no_rule_error(ep, constant)
     if err is not None:
         raise err
-    user_input = _user_input(ep, example_input)
     consts = _constants(ep)
     ctx = Lowering()
-    env = {}
+    env, values = {}, {}      # values: the torch value of each constant node
     outputs = []
     for fx in ep.graph.nodes:
         if fx.op == "placeholder":
-            env[fx] = ctx.add_input(fx) if fx is user_input else consts.get(fx.name)
+            if fx is user_input:
+                env[fx] = ctx.add_input(fx)
+            else:
+                values[fx] = consts.get(fx.name)
+                env[fx] = _as_numpy(values[fx])
+        elif fx in constant:
+            values[fx] = _fold(fx, values)
+            env[fx] = _as_numpy(values[fx])
         elif fx.op == "call_function":
             ctx.begin(fx)
             env[fx] = RULES[ctx.op].fn(ctx, bind_args(fx, env))
@@ -354,19 +376,4 @@ def convert(model, example_input=None, path=None, *, preprocess=None):
     """
     ep = export(model, example_input)
     graph, origins = lower(ep, example_input, preprocess)
-    passes.run_passes(graph)
-    for node in passes.leftover_pseudo_nodes(graph):
-        op, where = origins[node.name]
-        raise UnsupportedOperatorError(op, where, passes.PSEUDO_OPS.get(
-            node.op, f"its intermediate form {node.op!r} did not fuse into a format op"))
-    try:
-        check_graph(graph)
-    except ModelFormatError as e:
-        node = e.node
-        op, where = origins.get(node, (None, None))
-        raise ConversionError(f"the converted graph breaks a format rule at "
-                              f"{op or 'graph level'} (from {where or 'unknown'}): {e}") from e
-    if path is not None:
-        from framedelta.formats import write_model
-        write_model(graph, path)
-    return graph
+    return finish(graph, origins, path)

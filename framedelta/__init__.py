@@ -4,6 +4,7 @@ The public API, all of it::
 
     import framedelta as fd
     fd.convert(module, example_input, "net.h5")   # torch.nn.Module (eval) or ExportedProgram
+    fd.convert("net.onnx", path="net.h5")        # an ONNX file (input_shape=... if dynamic)
     model = fd.load("net.h5")                    # validated first; fd.ModelFormatError if not
     model.input_shape                            # (1, C, H, W)
     y = model.run(x)                             # dense; float32 (1, C, H, W), torch layout
@@ -37,18 +38,23 @@ def load(path, n_threads=None):
     return Model(read_model(path), path=str(path), n_threads=n_threads)
 
 
-def convert(model, example_input, path=None, *, preprocess=None):
-    """Convert a PyTorch model to a framedelta model file (needs torch).
+def convert(model, example_input=None, path=None, *, preprocess=None, input_shape=None):
+    """Convert a PyTorch model (needs torch) or an ONNX file (needs onnx) to a
+    framedelta model file.
 
-    ``model``: an ``nn.Module`` (put in eval mode) or a ``torch.export.ExportedProgram``.
-    ``example_input``: a (1, C, H, W) float32 tensor; it fixes the input shape.
-    ``path``: where to write the file (optional). ``preprocess``: a
-    :class:`framedelta.formats.Preprocess` for models fed with uint8 camera frames.
-    Returns the converted :class:`framedelta.formats.Graph`.
-    Raises :class:`UnsupportedOperatorError` naming the op and where it came from.
+    ``model``: an ``nn.Module`` (put in eval mode), a ``torch.export.ExportedProgram``,
+    or the path of an ``.onnx`` file. ``example_input``: a (1, C, H, W) float32 tensor;
+    it fixes the input shape (for an ONNX file, optional: ``input_shape=(1, C, H, W)``
+    or the file's own fixed shape do too). ``path``: where to write the file
+    (optional). ``preprocess``: a :class:`framedelta.formats.Preprocess` for models fed
+    with uint8 camera frames. Returns the converted :class:`framedelta.formats.Graph`.
+    Raises :class:`UnsupportedOperatorError` naming the op and where it came from
+    (module and source line; ONNX: node and opset), :class:`ConversionError` naming the
+    file for an ONNX file it cannot read.
     """
     from .converters import convert as _convert
-    return _convert(model, example_input, path, preprocess=preprocess)
+    return _convert(model, example_input, path, preprocess=preprocess,
+                    input_shape=input_shape)
 
 
 __all__ = ["load", "convert", "Model", "FramedeltaError", "ModelFormatError",

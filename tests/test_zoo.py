@@ -67,6 +67,13 @@ CASES = {
     "fcn": dict(
         kwargs={}, shape=(1, 3, 64, 96), ops={"conv2d", "conv_transpose2d", "add"},
         probe=None, global_tail=False),
+    # anchors built at forward time (arange, meshgrid, full, casts) fold to constants;
+    # the DFL softmax, the reshapes and the box decoding are the tail after the sparse part
+    "yolov8n": dict(
+        kwargs={}, shape=(1, 3, 64, 96),
+        ops={"conv2d", "silu", "max_pool2d", "upsample_nearest", "concat", "softmax",
+             "sigmoid", "sub", "reshape", "permute"},
+        probe="model.22.cv2.0", global_tail=True),
 }
 
 
@@ -78,7 +85,7 @@ class Converted:
         self.x = torch.rand(case["shape"], generator=torch.Generator().manual_seed(1)) * 2 - 1
         with torch.no_grad():
             ref = self.net(self.x)
-        self.refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        self.refs = [r.numpy() for r in outputs(ref)]
         self.graph = convert(self.net, self.x)
         self.model = Model(self.graph)
 
@@ -101,7 +108,10 @@ def zoo(request):
 
 
 def outputs(y):
-    return list(y) if isinstance(y, tuple) else [y]
+    """A model's outputs as a flat list (YOLOv8 returns (y, [p3, p4, p5]))."""
+    if isinstance(y, (tuple, list)):
+        return [t for part in y for t in outputs(part)]
+    return [y]
 
 
 # --- dense -----------------------------------------------------------------------------------
@@ -132,6 +142,17 @@ def test_dense_details_of_each_architecture(zoo):
         assert len(g.outputs) == 3
         pools = [n for n in g.nodes if n.op == "max_pool2d"]
         assert len(pools) == 3 and all(tuple(n.attrs["kernel"]) == (5, 5) for n in pools)
+    if zoo.name == "yolov8n":
+        # (1, 4 + 80, N) boxes and scores, then the three raw maps; no op from the anchors
+        n = sum((64 // s) * (96 // s) for s in (8, 16, 32))
+        assert len(g.outputs) == 4 and zoo.refs[0].shape == (1, 84, n)
+        assert not {"expand", "linear"} & {m.op for m in g.nodes}
+        # the anchors Detect caches during the export are not left on the module
+        fresh = ZOO["yolov8n"]()
+        convert(fresh, zoo.x)
+        assert fresh.model[22].shape is None
+        with torch.no_grad():
+            close_to_torch(fresh(zoo.x)[0], zoo.refs[0])
     if zoo.name == "fcn":
         ups = [n for n in g.nodes if n.op == "conv_transpose2d"]
         assert len(ups) == len(net.upscore) == 3
@@ -396,3 +417,33 @@ def test_pnet_with_trained_weights_matches_torch(tmp_path):
     xf = (torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)[None].float() - 127.5) / 128
     with torch.no_grad():
         close_to_torch(model.run(frame)[1], net(xf)[1])
+
+
+@pytest.mark.parametrize("name", ["rnet", "onet"])
+def test_rnet_onet_with_trained_weights_on_vtest_crops(name, tmp_path, vtest_path):
+    """RNet and ONet classify fixed-size crops (24x24, 48x48); on a fixed camera a
+    crop at a fixed place is a stream of its own: dense equals torch, each step equals
+    a dense run on the reference input."""
+    import importlib
+
+    from framedelta.scenes import video_frames
+    mtcnn = importlib.import_module("framedelta.converters.zoo.pnet")   # not the function
+    if mtcnn.pnet_weights_path(name) is None:
+        pytest.skip(mtcnn.PNET_MISSING)
+    net, n = getattr(mtcnn, name)(), mtcnn.MTCNN_SIZES[name]
+    fd.convert(net, torch.rand(1, 3, n, n), tmp_path / "m.h5",
+               preprocess=mtcnn.pnet_preprocess())
+    model = fd.load(tmp_path / "m.h5")
+    # where people walk in vtest
+    crops = [np.ascontiguousarray(f[200:200 + n, 200:200 + n])
+             for f in video_frames(vtest_path, 12)]
+    x = (torch.from_numpy(crops[0][..., ::-1].copy()).permute(2, 0, 1)[None].float()
+         - 127.5) / 128
+    with torch.no_grad():
+        refs = net(x)
+    for y, ref in zip(outputs(model.run(crops[0])), refs):
+        close_to_torch(y, ref)
+    s = model.stream(threshold=8, detector="block", block=8)
+    for crop in crops:
+        for y, ref in zip(outputs(s.step(crop)), outputs(model.run(s.reference_input))):
+            np.testing.assert_array_equal(y, ref)

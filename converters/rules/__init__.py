@@ -32,18 +32,23 @@ class Rule:
     doc: str = ""
 
 
+def registrar(table):
+    """A decorator ``rule(*targets, produces=())`` registering ``fn`` in ``table`` as
+    the rule for each source op named in ``targets`` (aten ops here, ONNX op types in
+    converters/onnx/rules)."""
+    def rule(*targets, produces=()):
+        def register(fn):
+            for target in targets:
+                if target in table:
+                    raise AssertionError(f"two rules for {target}")
+                table[target] = Rule(target, fn, tuple(produces), (fn.__doc__ or "").strip())
+            return fn
+        return register
+    return rule
+
+
 RULES = {}
-
-
-def rule(*targets, produces=()):
-    """Register ``fn`` as the rule for each aten op named in ``targets``."""
-    def register(fn):
-        for target in targets:
-            if target in RULES:
-                raise AssertionError(f"two rules for {target}")
-            RULES[target] = Rule(target, fn, tuple(produces), (fn.__doc__ or "").strip())
-        return fn
-    return register
+rule = registrar(RULES)
 
 
 def produced_ops():

@@ -152,18 +152,18 @@ def _matmul(ctx, a, b, arg_a, arg_b):
             return _linear(ctx, x, w, None)
         m, k = ctx.shape(x)[-2:]
         rows = emit_reshape(ctx, x, f"argument {arg_a!r}", (batch * m, k),
-                        name=f"{ctx.fx.name}_rows")
+                        name=f"{ctx.node_name}_rows")
         y = _linear(ctx, rows.name, w, None, shape=(batch * m, w.shape[1]))
         return emit_reshape(ctx, y.name, "the result")
     # W @ x = (x^T @ W^T)^T
     w, x = _one_matrix(ctx, ctx.const(a, arg_a), arg_a), ctx.data(b, arg_b)
     k, n = ctx.shape(x)[-2:]
     perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-    xt = ctx.emit("permute", [x], {"dims": perm}, shape=lead + (n, k), name=f"{ctx.fx.name}_t")
+    xt = ctx.emit("permute", [x], {"dims": perm}, shape=lead + (n, k), name=f"{ctx.node_name}_t")
     rows = emit_reshape(ctx, xt.name, f"argument {arg_b!r}", (batch * n, k),
-                    name=f"{ctx.fx.name}_rows")
+                    name=f"{ctx.node_name}_rows")
     y = _linear(ctx, rows.name, w.T, None, shape=(batch * n, w.shape[0]))
-    yt = emit_reshape(ctx, y.name, "the result", lead + (n, w.shape[0]), name=f"{ctx.fx.name}_yt")
+    yt = emit_reshape(ctx, y.name, "the result", lead + (n, w.shape[0]), name=f"{ctx.node_name}_yt")
     return ctx.emit("permute", [yt.name], {"dims": perm})
 
 

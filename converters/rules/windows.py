@@ -85,6 +85,64 @@ def mean_dim(ctx, a):
     return ctx.emit("global_avg_pool", [x], {"keepdim": int(bool(a["keepdim"]))})
 
 
+def _producer(ctx, tensor):
+    return next((n for n in reversed(ctx.nodes) if tensor in n.outputs), None)
+
+
+def _stacked_terms(ctx, x, axis):
+    """When tensor ``x`` is torch.stack(xs, axis) (exported as a cat of xs along
+    ``axis`` viewed with the new axis): xs. Else None."""
+    view = _producer(ctx, x)
+    cat = view is not None and view.op == "reshape" and _producer(ctx, view.inputs[0])
+    if not cat or cat.op not in ("concat", "concat_batch") or cat.attrs["axis"] != axis:
+        return None
+    s = ctx.shape(cat.inputs[0])
+    if any(ctx.shape(t) != s for t in cat.inputs) \
+            or ctx.shape(x) != s[:axis] + (len(cat.inputs),) + s[axis:]:
+        return None
+    return list(cat.inputs)
+
+
+@rule("aten.sum.dim_IntList", produces=("add", "conv2d", "permute", "reshape", "linear"))
+def sum_dim(ctx, a):
+    """x.sum(dims), keepdim or not: over a stacked axis (torch.stack(xs).sum(0), a
+    feature-pyramid merge) a chain of adds; over the channels of an image a 1x1
+    convolution with unit weights (pointwise: sparsity survives); over any other axes
+    a linear layer with unit weights on the rows of the permuted tensor (global)."""
+    from .tails import _linear, emit_reshape
+    x = ctx.data(a["self"], "self")
+    shape = ctx.shape(x)
+    rank = len(shape)
+    dims = sorted({axis_index(int(d), rank) for d in (a["dim"] or range(rank))})
+    if a["dtype"] is not None:
+        raise ctx.unsupported(f"argument 'dtype' {a['dtype']} is not supported")
+    terms = _stacked_terms(ctx, x, dims[0]) if len(dims) == 1 else None
+    if terms is not None:
+        y = terms[0]
+        for i, t in enumerate(terms[1:]):
+            y = ctx.emit("add", [y, t], shape=ctx.shape(terms[0]),
+                         name=f"{ctx.node_name}_{i}").name
+        return emit_reshape(ctx, y, "the sum")
+    if rank == 4 and dims == [1]:
+        y = ctx.emit("conv2d", [x], {
+            "out_channels": 1, "kernel": (1, 1), "stride": (1, 1), "pads": (0, 0, 0, 0),
+            "dilation": (1, 1), "groups": 1}, {"weight": np.ones((1, shape[1], 1, 1)),
+                                                "bias": np.zeros(1)},
+            shape=(1, 1) + shape[2:], name=f"{ctx.node_name}_conv")
+        return emit_reshape(ctx, y.name, "the sum")
+    kept = [d for d in range(rank) if d not in dims]
+    perm = tuple(kept + dims)
+    k = int(np.prod([shape[d] for d in dims]))
+    m = int(np.prod([shape[d] for d in kept]))
+    y = x
+    if perm != tuple(range(rank)):
+        y = ctx.emit("permute", [y], {"dims": perm}, shape=tuple(shape[d] for d in perm),
+                     name=f"{ctx.node_name}_t").name
+    y = emit_reshape(ctx, y, "the rows summed", (m, k), name=f"{ctx.node_name}_rows").name
+    y = _linear(ctx, y, np.ones((k, 1), np.float32), None, shape=(m, 1)).name
+    return emit_reshape(ctx, y, "the sum")
+
+
 # --- windows: transposed conv, average pools --------------------------------
 
 def _window_input(ctx, a, arg, what):

@@ -7,9 +7,12 @@ torchvision state dicts load: ``resnet18``, ``mobilenet_v2``, ``mobilenet_v3_sma
 depthwise 5x5 stride 2). Dense prediction: ``unet`` (a small classic U-Net), ``fcn``
 (transposed-convolution upsampling with skip adds), ``deeplabv3`` (dilated ResNet
 backbone, ASPP with an image-pooling branch, bilinear logits). Detection: ``yolo``
-(YOLOv5-style: C3, SPPF, FPN/PAN neck, three decoded outputs as a tuple). Trained
+(YOLOv5-style: C3, SPPF, FPN/PAN neck, three decoded outputs as a tuple) and
+``yolov8n`` (ultralytics' YOLOv8n: C2f, SPPF, PAN neck, the DFL ``Detect`` head with
+anchors built at forward time). Trained
 weights: ``pnet`` (MTCNN's face-proposal net, weights from the facenet-pytorch wheel;
-not in ``ZOO``, whose models are random).
+not in ``ZOO``, whose models are random); ``TRAINED`` (trained.py): ONNX files that
+ship in wheels, CenterFace and PP-OCRv4's text detector (``convert_trained(name)``).
 
 The factories take no required argument, so ``framedelta.converters.zoo:resnet18`` works
 as a checkpoint import path. ``ZOO`` maps names to factories of seeded, randomized eval
@@ -24,10 +27,12 @@ from torch import nn
 
 from .efficientnet import efficientnet_b0
 from .mobilenet import mobilenet_v2, mobilenet_v3_small
-from .pnet import PNet, pnet, pnet_preprocess, pnet_weights_path
+from .pnet import PNet, onet, pnet, pnet_preprocess, pnet_weights_path, rnet
 from .resnet import resnet18
 from .segmentation import deeplabv3, fcn, unet
+from .trained import TRAINED, convert_trained, trained_path
 from .yolo import yolo
+from .yolov8 import yolov8n
 
 # --- randomized models ----------------------------------------------------------------------
 
@@ -65,8 +70,10 @@ ZOO = {
     "deeplabv3": partial(randomized, deeplabv3),
     "yolo": partial(randomized, yolo),
     "fcn": partial(randomized, fcn),
+    "yolov8n": partial(randomized, yolov8n),
 }
 
 __all__ = ["ZOO", "randomize_bn", "randomized", "resnet18", "mobilenet_v2",
            "mobilenet_v3_small", "efficientnet_b0", "unet", "fcn", "deeplabv3", "yolo",
-           "PNet", "pnet", "pnet_preprocess", "pnet_weights_path"]
+           "yolov8n", "PNet", "pnet", "rnet", "onet", "pnet_preprocess", "pnet_weights_path", "TRAINED",
+           "convert_trained", "trained_path"]
