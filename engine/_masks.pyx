@@ -21,6 +21,10 @@ cdef extern from "detect.h" nogil:
     long fd_pixel_mask_u8(const u8* d, int t, u8* out, long n)
     void fd_tile_sums_u8(const u8* d, long w, long y0, long y1, int b,
                          unsigned long long* sums)
+    void fd_maxdiff_f32_planes(const float* x, long plane, const float* r, float* d, int w,
+                               int c)
+    void fd_take_f32_planes(const float* x, long plane, float* r, const u8* mask, int w,
+                            int c)
 
 # --- change detection ------------------------------------------------------------
 
@@ -44,6 +48,36 @@ def max_abs_diff_f32(const float[:, :, ::1] x, const float[:, :, ::1] ref,
                     if d != d:
                         break
             out[y, i] = m
+
+
+def max_abs_diff_f32_planes(const float[:, :, ::1] x, const float[:, :, ::1] ref,
+                            float[:, ::1] out, int n_threads):
+    """max_abs_diff_f32 with ``x`` in torch layout: x (C, H, W), ref (H, W, C), out (H, W).
+
+    The same values: each is the max of the same |differences| (NaN: NaN)."""
+    cdef int C = x.shape[0], H = x.shape[1], W = x.shape[2], y
+    if ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C \
+            or out.shape[0] != H or out.shape[1] != W:
+        raise ValueError("max_abs_diff_f32_planes: inconsistent shapes")
+    if H == 0 or W == 0 or C == 0:
+        return
+    cdef long plane = <long>H * W
+    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+        fd_maxdiff_f32_planes(&x[0, y, 0], plane, &ref[y, 0, 0], &out[y, 0], W, C)
+
+
+def take_changed_f32_planes(const float[:, :, ::1] x, float[:, :, ::1] ref,
+                            const u8[:, ::1] mask, int n_threads):
+    """Where mask is set, ref (H, W, C) takes x's (C, H, W) channels."""
+    cdef int C = x.shape[0], H = x.shape[1], W = x.shape[2], y
+    if ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C \
+            or mask.shape[0] != H or mask.shape[1] != W:
+        raise ValueError("take_changed_f32_planes: inconsistent shapes")
+    if H == 0 or W == 0 or C == 0:
+        return
+    cdef long plane = <long>H * W
+    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+        fd_take_f32_planes(&x[0, y, 0], plane, &ref[y, 0, 0], &mask[y, 0], W, C)
 
 
 def max_abs_diff_u8(const u8[:, :, ::1] x, const u8[:, :, ::1] ref, u8[:, ::1] out,

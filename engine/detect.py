@@ -66,7 +66,8 @@ class Reference:
         return n + (self._frame.nbytes if self._frame is not None else 0)
 
     def as_input(self, x):
-        """Check ``x`` and say how it is fed: (engine-layout or uint8 array, is_frame).
+        """Check ``x`` and say how it is fed: (uint8 (H, W, 3) frame or float32 (C, H, W)
+        torch-layout array, is_frame).
 
         ValueError for a wrong shape or dtype, and for a stream fed frames and tensors
         alternately without a reset."""
@@ -76,7 +77,9 @@ class Reference:
                              "uint8 frames") + " so far; call reset() before switching")
         if frame:
             return np.ascontiguousarray(x), True
-        return to_internal(self.model.check_input(x), self.model.input_shape), False
+        # float tensors stay in torch layout: detection and taking the changes read
+        # its channel planes directly (no transposed copy of the whole input a step)
+        return np.ascontiguousarray(self.model.check_input(x)[0]), False
 
     def value(self):
         """The reference as fed: uint8 (H, W, 3) frame, or float32 (1, C, H, W) torch
@@ -94,7 +97,7 @@ class Reference:
             self._frame = new.copy()
             self.input[...] = self.model.frame_to_internal(new, self.n_threads)
         else:
-            self.input[...] = new
+            self.input[...] = to_internal(new[None], self.model.input_shape)
         self.started = True
         self.updated = False
         self.n_changed = self._diff.size
@@ -110,7 +113,7 @@ class Reference:
             else:
                 n = I.block_change_mask_u8(self._diff8, self.threshold, self.block, mask, nt)
         else:
-            I.max_abs_diff_f32(new, self.input, self._diff, nt)
+            I.max_abs_diff_f32_planes(new, self.input, self._diff, nt)
             if self.detector == "pixel":
                 n = I.pixel_change_mask(self._diff, self.threshold, mask)
             else:
@@ -123,10 +126,7 @@ class Reference:
             lut, src = self.model.frame_lut
             I.take_changed_u8(new, self._frame, self.input, mask, lut, src, nt)
         else:
-            # flat indices once: a gather and a scatter by index cost half of two by mask
-            idx = np.flatnonzero(mask)
-            inp = self.input.reshape(-1, self.input.shape[-1])
-            inp[idx] = new.reshape(-1, new.shape[-1])[idx]
+            I.take_changed_f32_planes(new, self.input, mask, nt)
         return mask
 
     def change_mask(self):
