@@ -648,6 +648,11 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
                     kh, kw, sh, sw, pt, pl, dh, dw)
 
 
+# global average pool: pieces of the pixels (at least GAP_MIN_PIXELS each)
+DEF GAP_PIECES = 16
+DEF GAP_MIN_PIXELS = 256
+
+
 def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
     """Mean over H and W per channel, accumulated in double.
 
@@ -679,9 +684,6 @@ def global_avg_pool(const float[:, :, ::1] x, float[::1] out, int n_threads):
                 t = t + sums[i, c]
             out[c] = <float>(t / P)
 
-
-DEF GAP_PIECES = 16
-DEF GAP_MIN_PIXELS = 256
 
 ctypedef struct GapJob:
     const float* x

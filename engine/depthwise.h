@@ -73,8 +73,8 @@ static inline __attribute__((always_inline)) void fd_dw_store_n(float *p, fd_dwv
 
 typedef int fd_dwvi __attribute__((vector_size(64)));
 
-/* relu and clamp in registers, as fused.h does them (NaN stays NaN); the others later,
- * on the stored values */
+/* relu and clamp in registers, as fused.h does them (NaN stays NaN); the others
+ * (silu, hardswish, sigmoid) once per register block of pixels, on the stored values */
 static inline __attribute__((always_inline)) fd_dwv fd_dw_act(fd_dwv v, int act, float lo,
                                                               float hi)
 {
@@ -135,8 +135,6 @@ static inline __attribute__((always_inline)) void fd_dw_block(
     for (int p = 0; p < FD_DW_PX; p++) {
         float *o = orow + (size_t)(ox + p) * C + c0;
         FD_DW_ST(o, fd_dw_act(acc[p], act, lo, hi), nc);
-        if (act > FD_ACT_CLAMP)
-            fd_act_row(o, nc, act, lo, hi);
     }
 }
 
@@ -161,8 +159,6 @@ static inline __attribute__((always_inline)) void fd_dw_pixel(
     }
     float *o = orow + (size_t)ox * C + c0;
     FD_DW_ST(o, fd_dw_act(acc, act, lo, hi), nc);
-    if (act > FD_ACT_CLAMP)
-        fd_act_row(o, nc, act, lo, hi);
 }
 
 /* Output pixels ox0 <= ox < ox1 of output row oy, every channel. x: (H, W, C); w: (kh *
@@ -196,6 +192,8 @@ static inline void fd_dw_span(const float *x, int H, int W, int C, const float *
                 fd_dw_pixel(x, H, W, C, w, bias, orow, oy, ox, cv, C - cv, kh, kw, sh, sw,
                             pt, pl, dh, dw, act, lo, hi);
         }
+        if (act > FD_ACT_CLAMP)   /* n pixels x C channels, contiguous, still in L1 */
+            fd_act_row(orow + (size_t)ox * C, n * C, act, lo, hi);
         ox += n;
     }
 }

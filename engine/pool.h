@@ -16,8 +16,9 @@
  * each output element in one item, the same way whatever the assignment); ``slot``
  * (0 for the caller, 1 .. n_threads - 1 for workers) indexes per-thread scratch only.
  *
- * Workers spin for FD_POOL_SPIN_NS after a job (a pass runs its nodes back to back)
- * and then sleep on a condition variable. One job at a time: a caller that finds the
+ * Workers spin for FD_POOL_SPIN_NS after a job (a pass runs its nodes back to back),
+ * yielding the core at each check after the first few hundred, and then sleep on a
+ * condition variable. One job at a time: a caller that finds the
  * pool busy (another Python thread's stream, or a nested call) runs its job inline,
  * which is what a server stepping many cameras from many threads wants anyway. After a
  * fork the child starts its own workers.
@@ -47,7 +48,7 @@ typedef void (*fd_pool_run_fn)(int n_threads, ptrdiff_t n_items, fd_task_fn fn, 
 
 #define FD_POOL_MAX 64
 #ifndef FD_POOL_SPIN_NS
-#define FD_POOL_SPIN_NS 200000   /* 0.2 ms */
+#define FD_POOL_SPIN_NS 100000   /* 0.1 ms: longer than the gap between two nodes */
 #endif
 
 static struct {
@@ -100,8 +101,13 @@ static void *fd_pool_worker(void *arg)
         int64_t t0 = fd_pool_now_ns();
         int spins = 0;
         while ((g = atomic_load(&fd_pool.gen)) == seen) {
-            fd_pool_relax();
-            if (++spins % 256 == 0 && fd_pool_now_ns() - t0 > FD_POOL_SPIN_NS) {
+            /* polite spinning: past the first few hundred checks, yield the core at
+             * every check, so that a caller (or a neighbour) that shares it runs */
+            if (++spins < 512)
+                fd_pool_relax();
+            else
+                sched_yield();
+            if (spins % 64 == 0 && fd_pool_now_ns() - t0 > FD_POOL_SPIN_NS) {
                 pthread_mutex_lock(&fd_pool.mu);
                 atomic_fetch_add(&fd_pool.sleepers, 1);
                 while ((g = atomic_load(&fd_pool.gen)) == seen)
@@ -147,6 +153,12 @@ static int fd_pool_start(int n)
 }
 
 /* fn(ctx, i, slot) for 0 <= i < n_items, on up to n_threads threads (the caller one) */
+/* Back-off (under fd_pool.busy): when the caller keeps waiting for items a worker took
+ * and did not finish (the worker was descheduled mid-item: another process has its
+ * core), jobs run on the caller alone for a while, then the workers are tried again. */
+static int64_t fd_pool_solo_until;     /* ns; jobs before then run on the caller alone */
+static int64_t fd_pool_solo_ns = 2000000;  /* the next back-off, doubled each time */
+
 static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *ctx)
 {
     if (n_items <= 0)
@@ -156,6 +168,13 @@ static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *c
     if (n_threads <= 1 || n_items == 1 || atomic_exchange(&fd_pool.busy, 1)) {
         for (ptrdiff_t i = 0; i < n_items; i++)
             fn(ctx, i, 0);
+        return;
+    }
+    int64_t start = fd_pool_now_ns();
+    if (start < fd_pool_solo_until) {
+        for (ptrdiff_t i = 0; i < n_items; i++)
+            fn(ctx, i, 0);
+        atomic_store(&fd_pool.busy, 0);
         return;
     }
     int have = fd_pool_start(n_threads);
@@ -177,10 +196,24 @@ static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *c
     fd_pool_take(fn, ctx, n_items, 0);
     /* only items a worker has taken are left: wait for those, then for workers still
      * reading the job's fields */
-    for (int spins = 0; atomic_load(&fd_pool.done) < n_items; spins++) {
-        fd_pool_relax();
-        if (spins > 4096)
-            sched_yield();
+    int64_t own = 0;
+    if (atomic_load(&fd_pool.done) < n_items) {
+        own = fd_pool_now_ns();
+        for (int spins = 0; atomic_load(&fd_pool.done) < n_items; spins++) {
+            fd_pool_relax();
+            if (spins > 2048)
+                sched_yield();
+        }
+        int64_t end = fd_pool_now_ns(), waited = end - own;
+        /* waiting longer than the job itself ran (and long in absolute terms) means a
+         * worker lost its core mid-item: go solo for a while, longer each time */
+        if (waited > 200000 && waited > own - start) {
+            fd_pool_solo_until = end + fd_pool_solo_ns;
+            if (fd_pool_solo_ns < 256000000)
+                fd_pool_solo_ns *= 2;
+        } else if (fd_pool_solo_ns > 2000000 && waited < 20000) {
+            fd_pool_solo_ns /= 2;
+        }
     }
     atomic_store(&fd_pool.open, 0);
     for (int spins = 0; atomic_load(&fd_pool.inside) != 0; spins++) {
