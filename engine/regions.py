@@ -141,10 +141,9 @@ class RegionStream(CameraStream):
         shared by every region stream of the model: ``model.region_plan()``)."""
         return sum(a.nbytes for a in self._caches) + self._ref.nbytes
 
-    def step(self, x):
-        """Feed the next input; returns the output(s) of ``model.run(reference_input)``
-        (exactly with ``margin="exact"``; within the deviation ``check_every`` measures
-        otherwise)."""
+    def _step(self, x):
+        """CameraStream.step: exactly ``model.run(reference_input)`` with
+        ``margin="exact"``; within the deviation ``check_every`` measures otherwise."""
         t0 = time.perf_counter()
         new, frame = self._ref.as_input(x)
         stats = RegionStats(0.0, 0, self.plan.dense_macs, 0.0)
