@@ -225,9 +225,7 @@ class _Reader:
         g_input = self.member(f, "input", h5py.Group, None, "input")
         g_graph = self.member(f, "graph", h5py.Group, None, "graph")
         g_nodes = self.member(f, "nodes", h5py.Group, None, "nodes")
-        self.base = 0
         with self.at(None, None):
-            self.base = int(f.userblock_size)
             self.size = _file_size(self.path)
 
         spec = self.read_input(g_input)
@@ -379,7 +377,8 @@ class _Reader:
         if offset is None or stored != 4 * numel:                         # [R27]
             self.fail(node, field, f"stores {stored} bytes, its shape {shape} needs "
                       f"{4 * numel}" + (" (storage never written)" if offset is None else ""))
-        start = self.base + offset
+        # get_offset() counts from the start of the file, a userblock included
+        start = offset
         if layout == h5py.h5d.CONTIGUOUS and start + stored > self.size:  # [R28]
             self.fail(node, field, f"data at bytes {start}..{start + stored} runs past the end "
                       f"of the file ({self.size} bytes): truncated file")
