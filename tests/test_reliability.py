@@ -100,3 +100,71 @@ def test_reset_from_another_thread_waits_for_the_step(switch_often):
     finally:
         stop.set()
         t.join()
+
+
+# --- errors that name the real problem, torch frames -------------------------------------
+
+def _snapshot(s):
+    return (s.reference_input.copy(), s._n_steps)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((24, 32, 3), np.float32), ["input shape", "(1, 3, 24, 32)", "(24, 32, 3)"]),
+    (np.zeros((24, 32, 3), np.int32), ["input dtype", "int32", "uint8 (24, 32, 3)"]),
+    (np.zeros((24, 32), np.uint8), ["frame rank", "grayscale", "(24, 32, 3)"]),
+    (np.zeros((24, 31, 3), np.uint8), ["frame shape", "(24, 31, 3)"]),
+    (np.zeros((1, 3, 24, 32), np.float64), ["input dtype", "float64"]),
+    ("frame.png", ["input dtype", "<U9"]),
+])
+def test_wrong_frame_names_the_real_problem_and_changes_nothing(bad, words):
+    """Once told only "this stream was fed uint8 frames so far" whatever was wrong."""
+    model = _small_model(n_threads=1)
+    frames = _frames(3, seed=13)
+    s = model.stream(threshold=2)
+    s.step(frames[0])
+    s.step(frames[1])
+    before = _snapshot(s)
+    with pytest.raises(ValueError) as info:
+        s.step(bad)
+    msg = str(info.value)
+    assert "reset()" not in msg
+    for w in words:
+        assert w in msg, msg
+    assert "this model takes float32 (1, 3, 24, 32)" in msg     # what is accepted
+    ref, n = _snapshot(s)
+    np.testing.assert_array_equal(ref, before[0])
+    assert n == before[1]
+    assert_identical(s.step(frames[2]), model.run(s.reference_input))
+
+
+def test_switching_between_frames_and_tensors_says_what_was_fed():
+    model = _small_model(n_threads=1)
+    s = model.stream()
+    s.step(_frames(1)[0])
+    with pytest.raises(ValueError, match="fed uint8 frames so far and received a float32 "
+                                         r"tensor; call reset\(\)"):
+        s.step(np.zeros((1, 3, 24, 32), np.float32))
+
+
+def test_run_of_a_wrong_frame_says_frames_work():
+    model = _small_model(n_threads=1)
+    with pytest.raises(ValueError, match=r"uint8 \(24, 32, 3\) BGR frame"):
+        model.run(np.zeros((24, 32), np.uint8))
+    from test_format import make_graph
+    plain = Model(make_graph(preprocess=False), n_threads=1)
+    with pytest.raises(ValueError, match="declares no image preprocessing"):
+        plain.run(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_torch_uint8_frames_are_frames():
+    torch = pytest.importorskip("torch")
+    model = _small_model(n_threads=1)
+    frames = _frames(4, seed=14)
+    s, t = model.stream(threshold=3), model.stream(threshold=3)
+    for f in frames:
+        assert_identical(s.step(torch.from_numpy(f)), t.step(f), "torch vs numpy frame")
+    assert s.reference_input.dtype == np.uint8
+    assert_identical(model.run(torch.from_numpy(frames[0])), model.run(frames[0]))
+    # a non-contiguous torch view (a crop of a bigger frame) is a frame too
+    big = torch.from_numpy(np.ascontiguousarray(np.pad(frames[1], ((2, 2), (3, 3), (0, 0)))))
+    assert_identical(model.run(big[2:-2, 3:-3]), model.run(frames[1]))
