@@ -39,6 +39,12 @@ class PlanStep:
     fallback: float      # dirty fraction above which the dense kernel is used
 
 
+def held_arrays(run):
+    """The arrays a prepared kernel keeps in its closure (packed weights, tables)."""
+    return [c.cell_contents for c in (getattr(run, "__closure__", None) or ())
+            if isinstance(c.cell_contents, np.ndarray)]
+
+
 def _describe(x):
     """'float64 (24, 32, 3)': what an input error says was received."""
     return f"{x.dtype} {tuple(x.shape)}"
@@ -64,6 +70,36 @@ class Model:
             kw = {"m_tile": m_tile} if node.op in ("conv2d", "conv_transpose2d") else {}
             run = prepare(node, attrs, in_shapes, out_shape, **kw)
             self._steps.append((node, run, np.empty(internal_shape(out_shape), np.float32)))
+
+    @property
+    def footprint(self):
+        """formats.budget.Footprint: activation and weight bytes, MACs, as the graph
+        declares them (what [R30] checks at load)."""
+        from framedelta.formats.budget import footprint
+        return footprint(self.graph, self.shapes)
+
+    @property
+    def memory_bytes(self):
+        """Bytes this model holds now: its dense pass's activation buffers, its weights
+        (as read, and packed for the kernels), and the crop models region streams share
+        (``crop_cache_bytes``). Each stream holds its own caches on top
+        (``stream.cache_bytes``, about ``footprint.activation_bytes`` for mode="layers")."""
+        seen, n = set(), 0
+        arrays = [out for _, _, out in self._steps]
+        arrays += [w for node in self.graph.nodes for w in node.weights.values()]
+        arrays += [a for _, run, _ in self._steps for a in held_arrays(run)]
+        for a in arrays:
+            if id(a) not in seen:
+                seen.add(id(a))
+                n += a.nbytes
+        return n + self.crop_cache_bytes
+
+    @property
+    def crop_cache_bytes(self):
+        """Bytes the crop models of region streams hold (0 before the first region
+        stream): activation buffers per crop shape, packed weights once for all."""
+        plan = getattr(self, "_region_plan", None)
+        return 0 if plan is None else plan.cache_bytes
 
     @property
     def input_shape(self):

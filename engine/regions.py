@@ -21,7 +21,8 @@ a :class:`RegionStream` keeps only the model's last outputs. Each step:
    node, small kernels' start-up); when the crops together cost more than one dense
    pass the frame is run whole;
 5. each crop runs through a :class:`Model` of the same graph prepared for the crop's
-   shape (cached by shape, ``max_crop_models`` of them, least recently used dropped),
+   shape (cached by shape while their activation buffers fit ``max_crop_bytes``, least
+   recently used dropped; the packed weights are shared by all, ``model.crop_cache_bytes``),
    and per output the positions whose receptive field meets the box are pasted into
    the output cache at their full-frame coordinates (the offset is the crop origin
    times the output's stride ratio). Crops under ``SERIAL_CROP_MACS`` run on one

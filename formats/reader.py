@@ -19,6 +19,7 @@ import numpy as np
 
 from framedelta.errors import ModelFormatError
 
+from .budget import check_footprint
 from .graph import Graph, InputSpec, Node, Preprocess, check_graph
 from .layout import (FORMAT_NAME, FORMAT_VERSION, GRAPH_ATTRS, INPUT_ATTRS, MAX_ATTR_BYTES,
                      MAX_ATTR_LEN, NODE_ATTRS, NODE_MEMBERS, PREPROCESS_ATTRS, ROOT_ATTRS,
@@ -52,11 +53,13 @@ def _file_size(path):
     return os.stat(path).st_size
 
 
-def read_model(path):
+def read_model(path, max_activation_bytes=None, max_macs=None):
     """Read and validate the model file at ``path``; return its :class:`Graph`.
 
     Raises :class:`ModelFormatError` naming the file, the node (or None) and the field
     for any breach of SPEC.md; never another exception for a damaged or hostile file.
+    ``max_activation_bytes``, ``max_macs``: the limits of [R30] (None: budget.py's
+    defaults), raised for a model known to be that big.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):                                          # [R1]
@@ -68,7 +71,7 @@ def read_model(path):
         raise ModelFormatError(path, None, None, "cannot be opened as HDF5 (not an HDF5 "
                                f"file, or damaged or truncated): {e}") from e
     try:
-        return _Reader(path, f).read()
+        return _Reader(path, f).read(max_activation_bytes, max_macs)
     finally:
         try:
             f.close()
@@ -206,7 +209,7 @@ class _Reader:
 
     # --- the file --------------------------------------------------------------------
 
-    def read(self):
+    def read(self, max_activation_bytes=None, max_macs=None):
         f = self.f
         fmt = self.attr(f, "format", "str", None, "format")
         if fmt != FORMAT_NAME:                                            # [R3]
@@ -232,7 +235,9 @@ class _Reader:
         outputs, count = self.read_graph(g_graph)
         nodes, datasets = self.read_nodes(g_nodes, count)
         graph = Graph(spec, nodes, outputs, producer)
-        check_graph(graph, self.path)                                     # [G1]..[G16]
+        shapes = check_graph(graph, self.path)                            # [G1]..[G16]
+        check_footprint(graph, shapes, self.path, max_activation_bytes,  # [R30]
+                        max_macs)
         for node in nodes:                                                # [R29]
             for name, dset in datasets[node.name].items():
                 arr = np.empty(dset.shape, np.float32)
