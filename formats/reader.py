@@ -181,7 +181,13 @@ class _Reader:
         if stored > MAX_ATTR_BYTES:                                       # [R12]
             self.fail(node, field, f"holds {stored} bytes, the limit is {MAX_ATTR_BYTES}")
         with self.at(node, field):
-            value = obj.attrs[name]
+            # read through the attribute already open (its type and size were checked
+            # above): h5py's attrs[name] would open and inspect it again, and that
+            # doubled the time to load a graph of thousands of small nodes
+            value = np.empty(shape, aid.dtype)
+            aid.read(value)
+            if value.ndim == 0:
+                value = value[()]
         if kind == "int":
             return int(value)
         if kind == "ints":
@@ -192,7 +198,11 @@ class _Reader:
             return tuple(float(v) for v in np.asarray(value).reshape(-1))
         if kind == "str":
             return self.text(value, node, field)
-        return [self.text(v, node, field) for v in np.asarray(value, dtype=object).reshape(-1)]
+        # each distinct string checked once (a concat's 65536 inputs are mostly one name)
+        values = np.asarray(value, dtype=object).reshape(-1)
+        texts = {}
+        return [texts[v] if v in texts else texts.setdefault(v, self.text(v, node, field))
+                for v in values]
 
     def text(self, value, node, field):
         try:                                                              # [R12]

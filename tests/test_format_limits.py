@@ -172,3 +172,40 @@ def test_info_reports_memory(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "memory: activations" in out and "per stream" in out
     assert "model.memory_bytes" in out
+
+
+# --- loading time grows linearly with the graph ------------------------------------------
+
+def _fan_in(k, fan):
+    """k concats of ``fan`` inputs each (the same tensor): a legal graph whose file
+    is mostly input names (80 x 65536 took 17 s to load)."""
+    nodes = [Node("r", "relu", ["x"], ["r"])]
+    nodes += [Node(f"c{j}", "concat", ["r"] * fan, [f"c{j}"], {"axis": 1}) for j in range(k)]
+    return Graph(InputSpec("x", (1, 1, 1, 1)), nodes, [f"c{j}" for j in range(k)])
+
+
+def _chain(n):
+    nodes = [Node(f"r{i}", "relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(n)]
+    return Graph(InputSpec("t0", (1, 1, 4, 4)), nodes, [f"t{n}"])
+
+
+@pytest.mark.parametrize("make, small, big", [(_fan_in, (1, 4096), (8, 4096)),
+                                             (_fan_in, (2, 2048), (2, 16384)),
+                                             (_chain, (250,), (2000,))],
+                         ids=["more-concats", "wider-concats", "longer-chain"])
+def test_loading_time_is_near_linear(tmp_path, make, small, big):
+    """8 times the graph must load in well under 64 times (quadratic) the time: at most
+    16 times, best of three runs each (the machine is shared)."""
+    import time
+
+    def best(args):
+        p = tmp_path / f"{make.__name__}{args}.h5"
+        write_model(make(*args), p)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fd.load(p, n_threads=1)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    t_small, t_big = best(small), best(big)
+    assert t_big < 16 * t_small, f"{t_small:.3f} s -> {t_big:.3f} s for 8x the graph"
