@@ -210,19 +210,21 @@ class Stream(CameraStream):
         torch layout too and updated on the rows its node recomputed: transposing a
         whole 21-channel 360x480 map costs more than a sparse step's kernels."""
         shape = self.model.shapes[t]
+        # SPEC.md [G16] lets the graph input itself be an output: no node caches it
+        src = self._ref.input if t == self.model.graph.input.name else self._caches[t]
         if not is_image(shape):
-            return np.array(to_torch(self._caches[t], shape), order="C")
+            return np.array(to_torch(src, shape), order="C")
         buf = self._torch_outputs.get(t)
         if buf is None:
             buf = self._torch_outputs[t] = np.empty(shape[1:], np.float32)
             whole = True
         if whole:
-            hwc_to_chw(self._caches[t], buf, self.n_threads)
+            hwc_to_chw(src, buf, self.n_threads)
         else:
             mask = self._last_masks.get(t)
             if mask is not None:
                 rows = np.flatnonzero(mask.any(axis=1)).astype(np.int32)
-                hwc_to_chw(self._caches[t], buf, self.n_threads, rows)
+                hwc_to_chw(src, buf, self.n_threads, rows)
         return buf[None].copy()
 
     def dirty_mask(self, node_name):
