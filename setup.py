@@ -123,6 +123,8 @@ setup(
         "onnx": ["onnx>=1.15"],                       # converting ONNX files
         "test": ["torch==2.13.0", "pytest>=7", "hypothesis>=6.80", "opencv-python-headless>=4.8",
                  "onnx>=1.15", "onnxruntime>=1.17"],
+        # coverage-guided fuzzing of the loader (tests/fuzz/); wheels for Linux x86-64
+        "fuzz": ["atheris>=2.3"],
         "bench": ["torch==2.13.0", "onnxruntime>=1.17", "onnx>=1.15",
                   "matplotlib>=3.7", "opencv-python-headless>=4.8"],
     },

@@ -8,6 +8,7 @@ the exact crop of a changed box, and the crop models, prepared once per shape.
 """
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from fractions import Fraction
@@ -17,6 +18,7 @@ import numpy as np
 from framedelta.formats.graph import Graph, InputSpec, Node, check_graph
 from framedelta.formats.ops import OPS, SchemaError, resolve_attrs
 
+from .packs import packed_arrays, sharing
 from .receptive import SAME, input_spans, node_rule
 from .registry import RECEPTIVE_RULES
 
@@ -24,6 +26,13 @@ from .registry import RECEPTIVE_RULES
 # dispatch per node (~20 us) and the crop copy; at ~10 GMAC/s on one core 20 us is
 # 2e5 MACs. Only the merging decisions depend on it, never the results.
 CROP_OVERHEAD_MACS_PER_NODE = 200_000
+
+# The crop models' activation buffers may hold this many times the model's own (a dense
+# pass's) at most, and never less than CROP_CACHE_MIN_BYTES: crops are smaller than the
+# frame, so several shapes fit, and the least recently used goes first. Only speed
+# depends on it (a shape dropped is prepared again when it recurs).
+CROP_CACHE_FACTOR = 2
+CROP_CACHE_MIN_BYTES = 64 << 20
 
 # ops that commute with an aligned shift of the input; windowed ones need more checks
 _SPATIAL_WINDOW_OPS = {"conv2d", "max_pool2d", "avg_pool2d", "conv_transpose2d", "pad",
@@ -151,7 +160,7 @@ class RegionPlan:
     """What every region stream of one model shares: output strides, alignment, the
     full-frame input spans of every output position, crop models by shape."""
 
-    def __init__(self, model, max_crop_models=64):
+    def __init__(self, model, max_crop_bytes=None):
         self.model = model
         ratios = crop_strides(model)
         self._ratios = ratios
@@ -170,8 +179,14 @@ class RegionPlan:
         dense = model.incremental_plan()
         self.dense_macs = sum(s.macs for s in dense)
         self.crop_overhead = CROP_OVERHEAD_MACS_PER_NODE * len(dense)
-        self.max_crop_models = max_crop_models
-        self._crops = OrderedDict()           # (h, w) -> (Model, macs)
+        if max_crop_bytes is None:
+            max_crop_bytes = max(CROP_CACHE_MIN_BYTES,
+                                 CROP_CACHE_FACTOR * model.footprint.activation_bytes)
+        self.max_crop_bytes = int(max_crop_bytes)
+        self._crops = OrderedDict()           # (h, w) -> (Model, macs, own bytes)
+        self._crop_bytes = 0                  # the own bytes of the cached crop models
+        self._packs = {}                      # packs.sharing memo: weights packed once
+        self._crops_lock = threading.Lock()   # streams of this model step in threads
         self.prepare_seconds = []             # per crop model built: seconds to prepare
 
     def _unbounded_spans(self):
@@ -450,22 +465,47 @@ class RegionPlan:
         return grow_a, grow_b
 
     def crop_model(self, h, w):
-        """(Model, dense MACs) for an h x w crop, prepared once and cached by shape."""
-        from .model import Model
+        """((Model, dense MACs), seconds spent preparing it) for an h x w crop, prepared
+        once and cached by shape while the cache's bytes allow (least recently used
+        dropped first; the one returned is always kept)."""
+        from .model import Model, held_arrays
         key = (h, w)
-        if key in self._crops:
-            self._crops.move_to_end(key)
-            return self._crops[key], 0.0
-        t0 = time.perf_counter()
-        g = reshaped_graph(self.model.graph, self.model.shapes, h, w)
-        m = Model(g, self.model.path, n_threads=self.model.n_threads)
-        macs = graph_macs(g, m.shapes)
-        dt = time.perf_counter() - t0
-        self.prepare_seconds.append(dt)
-        self._crops[key] = (m, macs)
-        while len(self._crops) > self.max_crop_models:
-            self._crops.popitem(last=False)
-        return self._crops[key], dt
+        with self._crops_lock:
+            if key in self._crops:
+                self._crops.move_to_end(key)
+                m, macs, _ = self._crops[key]
+                return (m, macs), 0.0
+            t0 = time.perf_counter()
+            g = reshaped_graph(self.model.graph, self.model.shapes, h, w)
+            with sharing(self._packs):
+                m = Model(g, self.model.path, n_threads=self.model.n_threads)
+            macs = graph_macs(g, m.shapes)
+            shared = {id(a) for a in packed_arrays(self._packs)}
+            weights = {id(a) for n in g.nodes for a in n.weights.values()}
+            own = sum(out.nbytes for _, _, out in m._steps) + sum(
+                a.nbytes for _, run, _ in m._steps for a in held_arrays(run)
+                if id(a) not in shared and id(a) not in weights)
+            dt = time.perf_counter() - t0
+            self.prepare_seconds.append(dt)
+            self._crops[key] = (m, macs, own)
+            self._crop_bytes += own
+            while self._crop_bytes > self.max_crop_bytes and len(self._crops) > 1:
+                _, (_, _, dropped) = self._crops.popitem(last=False)
+                self._crop_bytes -= dropped
+            return (m, macs), dt
+
+    @property
+    def cache_bytes(self):
+        """Bytes the crop models hold: each one's activation buffers and tables, and
+        the packed weights they share (one copy for all shapes)."""
+        with self._crops_lock:
+            return self._crop_bytes + sum(a.nbytes for a in packed_arrays(self._packs))
+
+    @property
+    def crop_shapes(self):
+        """The crop shapes (h, w) cached now, least recently used first."""
+        with self._crops_lock:
+            return list(self._crops)
 
     def cost(self, h, w):
         return self.dense_macs * (h * w) / (self.h * self.w) + self.crop_overhead

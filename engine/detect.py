@@ -69,17 +69,20 @@ class Reference:
         """Check ``x`` and say how it is fed: (uint8 (H, W, 3) frame or float32 (C, H, W)
         torch-layout array, is_frame).
 
-        ValueError for a wrong shape or dtype, and for a stream fed frames and tensors
-        alternately without a reset."""
-        frame = self.model.is_frame(x)
-        if frame and self.frames is False or not frame and self.frames:
-            raise ValueError("this stream was fed " + ("float tensors" if frame else
-                             "uint8 frames") + " so far; call reset() before switching")
+        ValueError for a wrong shape, dtype or rank (named first, whatever the stream
+        was fed before), then for a stream fed frames and tensors alternately without a
+        reset. Nothing changes here either way."""
+        arr, frame = self.model.check_any_input(x)
+        if self.frames is not None and frame != self.frames:
+            fed, got = ("uint8 frames", "a float32 tensor") if self.frames else \
+                ("float32 tensors", "a uint8 frame")
+            raise ValueError(f"this stream was fed {fed} so far and received {got}; call "
+                             "reset() before switching")
         if frame:
-            return np.ascontiguousarray(x), True
+            return arr, True
         # float tensors stay in torch layout: detection and taking the changes read
         # its channel planes directly (no transposed copy of the whole input a step)
-        return np.ascontiguousarray(self.model.check_input(x)[0]), False
+        return np.ascontiguousarray(arr[0]), False
 
     def value(self):
         """The reference as fed: uint8 (H, W, 3) frame, or float32 (1, C, H, W) torch

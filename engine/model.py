@@ -39,6 +39,17 @@ class PlanStep:
     fallback: float      # dirty fraction above which the dense kernel is used
 
 
+def held_arrays(run):
+    """The arrays a prepared kernel keeps in its closure (packed weights, tables)."""
+    return [c.cell_contents for c in (getattr(run, "__closure__", None) or ())
+            if isinstance(c.cell_contents, np.ndarray)]
+
+
+def _describe(x):
+    """'float64 (24, 32, 3)': what an input error says was received."""
+    return f"{x.dtype} {tuple(x.shape)}"
+
+
 class Model:
     """A loaded model. Use :func:`framedelta.load` to make one from a file."""
 
@@ -61,6 +72,36 @@ class Model:
             self._steps.append((node, run, np.empty(internal_shape(out_shape), np.float32)))
 
     @property
+    def footprint(self):
+        """formats.budget.Footprint: activation and weight bytes, MACs, as the graph
+        declares them (what [R30] checks at load)."""
+        from framedelta.formats.budget import footprint
+        return footprint(self.graph, self.shapes)
+
+    @property
+    def memory_bytes(self):
+        """Bytes this model holds now: its dense pass's activation buffers, its weights
+        (as read, and packed for the kernels), and the crop models region streams share
+        (``crop_cache_bytes``). Each stream holds its own caches on top
+        (``stream.cache_bytes``, about ``footprint.activation_bytes`` for mode="layers")."""
+        seen, n = set(), 0
+        arrays = [out for _, _, out in self._steps]
+        arrays += [w for node in self.graph.nodes for w in node.weights.values()]
+        arrays += [a for _, run, _ in self._steps for a in held_arrays(run)]
+        for a in arrays:
+            if id(a) not in seen:
+                seen.add(id(a))
+                n += a.nbytes
+        return n + self.crop_cache_bytes
+
+    @property
+    def crop_cache_bytes(self):
+        """Bytes the crop models of region streams hold (0 before the first region
+        stream): activation buffers per crop shape, packed weights once for all."""
+        plan = getattr(self, "_region_plan", None)
+        return 0 if plan is None else plan.cache_bytes
+
+    @property
     def input_shape(self):
         """(1, C, H, W): the shape :meth:`run` takes, torch layout."""
         return tuple(self.graph.input.shape)
@@ -75,16 +116,16 @@ class Model:
         return self.graph.input.preprocess is not None
 
     def frame_to_internal(self, frame, n_threads=None):
-        """A uint8 (H, W, 3) BGR frame -> the engine-layout input, per the input spec
-        (ValueError for a frame this model cannot take)."""
-        if not self.is_frame(frame):
-            raise ValueError("expected a uint8 (H, W, 3) frame, received "
-                             f"{getattr(frame, 'dtype', type(frame).__name__)} "
-                             f"{getattr(frame, 'shape', '')}")
+        """A uint8 (H, W, 3) BGR frame (numpy or torch) -> the engine-layout input, per the
+        input spec (ValueError for a frame this model cannot take)."""
+        arr, is_frame = self.check_any_input(frame)
+        if not is_frame:
+            raise ValueError(f"expected a uint8 frame {self._frame_shape()}, received "
+                             f"{_describe(arr)}")
         lut, src = self.frame_lut
-        out = np.empty(frame.shape[:2] + (lut.shape[0],), np.float32)
+        out = np.empty(arr.shape[:2] + (lut.shape[0],), np.float32)
         nt = self.n_threads if n_threads is None else effective_n_threads(n_threads)
-        _masks.frame_to_input(np.ascontiguousarray(frame), lut, src, out, nt)
+        _masks.frame_to_input(arr, lut, src, out, nt)
         return out
 
     @property
@@ -105,36 +146,57 @@ class Model:
                                np.ascontiguousarray(src[::-1] if p.bgr_to_rgb else src))
         return self._frame_lut
 
-    def is_frame(self, x):
-        """True for a uint8 (H, W, C) camera frame this model can take; ValueError for a
-        frame it cannot (no preprocessing declared, or the wrong size); False otherwise."""
-        if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3):
-            return False
-        if not self.takes_frames:
-            raise ValueError("this model takes float32 (1, C, H, W) tensors: its file "
-                             "declares no image preprocessing for uint8 frames")
+    def _frame_shape(self):
         _, c, h, w = self.input_shape
-        if x.shape != (h, w, c):
-            raise ValueError(f"frame shape: expected {(h, w, c)} (H, W, 3 uint8), "
-                             f"received {x.shape}")
-        return True
+        return (h, w, c)
+
+    def accepted_inputs(self):
+        """What run() and step() take, in words (every input error ends with it)."""
+        what = f"float32 {self.input_shape} (torch layout, numpy or torch)"
+        if self.takes_frames:
+            what += f", or a uint8 {self._frame_shape()} BGR frame (numpy or torch)"
+        return what
+
+    def check_any_input(self, x):
+        """``(array, is_frame)``: ``x`` as a numpy array the model takes, and whether it is
+        a uint8 camera frame. ValueError naming the real problem first (dtype, rank,
+        shape, or a frame for a model without preprocessing), then what is accepted."""
+        if hasattr(x, "detach"):          # a torch tensor, without importing torch
+            x = x.detach().cpu().numpy()
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"input: not an array ({e}); this model takes "
+                             f"{self.accepted_inputs()}") from None
+        accepted = f"; this model takes {self.accepted_inputs()}"
+        if x.dtype == np.uint8:
+            want = self._frame_shape()
+            if not self.takes_frames:
+                raise ValueError(f"input: received a uint8 {x.shape} array, but this model's "
+                                 "file declares no image preprocessing for uint8 frames"
+                                 + accepted)
+            if x.ndim != 3:
+                gray = " (grayscale? frames are BGR)" if x.ndim == 2 else ""
+                raise ValueError(f"frame rank: expected 3 axes {want} (H, W, 3 BGR), received "
+                                 f"{x.ndim} axes {x.shape}{gray}" + accepted)
+            if x.shape != want:
+                raise ValueError(f"frame shape: expected {want} (H, W, 3 BGR), received "
+                                 f"{x.shape}" + accepted)
+            return np.ascontiguousarray(x), True
+        if x.dtype != np.float32:
+            raise ValueError(f"input dtype: expected float32, received {_describe(x)}"
+                             + accepted)
+        if x.shape != self.input_shape:
+            raise ValueError(f"input shape: expected {self.input_shape}, received "
+                             f"{tuple(x.shape)}" + accepted)
+        return x, False
 
     def to_engine_input(self, x):
         """Check ``x`` and return it in engine layout (ValueError naming what is wrong)."""
-        if self.is_frame(x):
-            return self.frame_to_internal(x)
-        return to_internal(self.check_input(x), self.input_shape)
-
-    def check_input(self, x):
-        """``x`` as a float32 array of :attr:`input_shape`; ValueError otherwise."""
-        if hasattr(x, "detach"):          # a torch tensor, without importing torch
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            raise ValueError(f"input dtype: expected float32, received {x.dtype}")
-        if tuple(x.shape) != self.input_shape:
-            raise ValueError(f"input shape: expected {self.input_shape}, received {tuple(x.shape)}")
-        return x
+        arr, is_frame = self.check_any_input(x)
+        if is_frame:
+            return self.frame_to_internal(arr)
+        return to_internal(arr, self.input_shape)
 
     def run(self, x, n_threads=None):
         """Dense forward pass. ``x``: float32 (1, C, H, W), torch layout (numpy or torch),

@@ -21,6 +21,7 @@ from . import _rearrange
 from . import _tails as T
 from . import _windows as W
 from .layout import internal_shape, is_image, to_internal, to_torch
+from .packs import shared
 
 # formats.ops.CONV_ACTIVATIONS -> the kernels' codes (engine/fused.h, _act.pxi)
 ACTIVATIONS = {"none": 0, "relu": 1, "clamp": 2, "silu": 3, "hardswish": 4, "sigmoid": 5}
@@ -99,6 +100,7 @@ def gemm_pack(b):
     return out
 
 
+@shared     # one packed copy for every crop model (packs.py)
 def pack_conv_weight_gemm(w, groups):
     """(Cout, Cin/g, KH, KW) torch layout -> (g, gemm_packed_size(KH*KW*Cin/g, Cout/g)):
     each group's pack_conv_weight matrix packed for fd_gemm_bias_act."""
@@ -110,11 +112,13 @@ def pack_conv_weight_gemm(w, groups):
     return out
 
 
+@shared     # one packed copy for every crop model (packs.py)
 def pack_linear_weight(w):
     """(O, F) torch layout -> the (F, O) matrix w.T packed for the gemm kernel."""
     return gemm_pack(np.asarray(w, np.float32).T)
 
 
+@shared     # one packed copy for every crop model (packs.py)
 def pack_depthwise_weight(w):
     """(C, 1, KH, KW) -> (KH*KW, C): the taps of one position, channels contiguous."""
     c, _, kh, kw = w.shape
@@ -448,6 +452,7 @@ def prepare_log_softmax(node, attrs, in_shapes, out_shape):
 
 # --- windows: transposed conv, average pools --------------------------------
 
+@shared     # one packed copy for every crop model (packs.py)
 def pack_conv_transpose_weight(w, groups, stride, dilation):
     """(Cin, Cout/g, KH, KW) torch layout -> the packed weights of _windows.conv_transpose2d:
     per stride phase (ry, rx), row-major, and per group, the (ny * nx * Cin/g, Cout/g)

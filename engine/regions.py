@@ -21,7 +21,8 @@ a :class:`RegionStream` keeps only the model's last outputs. Each step:
    node, small kernels' start-up); when the crops together cost more than one dense
    pass the frame is run whole;
 5. each crop runs through a :class:`Model` of the same graph prepared for the crop's
-   shape (cached by shape, ``max_crop_models`` of them, least recently used dropped),
+   shape (cached by shape while their activation buffers fit ``max_crop_bytes``, least
+   recently used dropped; the packed weights are shared by all, ``model.crop_cache_bytes``),
    and per output the positions whose receptive field meets the box are pasted into
    the output cache at their full-frame coordinates (the offset is the crop origin
    times the output's stride ratio). Crops under ``SERIAL_CROP_MACS`` run on one
@@ -141,10 +142,9 @@ class RegionStream(CameraStream):
         shared by every region stream of the model: ``model.region_plan()``)."""
         return sum(a.nbytes for a in self._caches) + self._ref.nbytes
 
-    def step(self, x):
-        """Feed the next input; returns the output(s) of ``model.run(reference_input)``
-        (exactly with ``margin="exact"``; within the deviation ``check_every`` measures
-        otherwise)."""
+    def _step(self, x):
+        """CameraStream.step: exactly ``model.run(reference_input)`` with
+        ``margin="exact"``; within the deviation ``check_every`` measures otherwise."""
         t0 = time.perf_counter()
         new, frame = self._ref.as_input(x)
         stats = RegionStats(0.0, 0, self.plan.dense_macs, 0.0)

@@ -19,9 +19,13 @@ last output. Each step:
    back and leaves the node's output mask, so the change stops spreading there.
 
 Several streams on one model share the prepared weights and nothing else; two streams
-may step concurrently from two Python threads (the kernels release the GIL).
+may step concurrently from two Python threads (the kernels release the GIL). One stream
+stepped from several threads serialises its steps (a lock per stream): a step reads and
+writes the reference, the caches and the masks, so two interleaved steps would leave
+them describing no input at all, and the stream would stay wrong until ``reset()``.
 """
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -91,6 +95,8 @@ class CameraStream:
         self.model = model
         self.last_stats = None
         self.last_check = None            # the latest checks.Deviation measured
+        # serialises step() and reset() of this stream (re-entrant: a step may reset)
+        self._step_lock = threading.RLock()
 
     threshold = property(lambda self: self._ref.threshold)
     detector = property(lambda self: self._ref.detector)
@@ -98,20 +104,34 @@ class CameraStream:
 
     def reset(self):
         """Forget the reference: the next step computes densely."""
-        self._ref.reset()
-        self._n_steps = 0
+        with self._step_lock:
+            self._ref.reset()
+            self._n_steps = 0
+
+    def step(self, x):
+        """Feed the next input; returns the output(s) of ``model.run(reference_input)``.
+
+        ``x``: float32 (1, C, H, W) torch layout (numpy or torch), or a uint8 (H, W, 3)
+        BGR frame (numpy or torch) when the model file declares image preprocessing
+        (threshold then in pixel units). A wrong input raises ValueError and leaves
+        the stream as it was. Calls from several threads run one after the other.
+        """
+        with self._step_lock:
+            return self._step(x)
 
     @property
     def reference_input(self):
         """The input the outputs represent now: a uint8 (H, W, 3) frame for a stream fed
         with frames, else float32 (1, C, H, W) torch layout. None before the first step."""
-        return self._ref.value()
+        with self._step_lock:            # never half of another thread's step
+            return self._ref.value()
 
     @property
     def last_change_mask(self):
         """bool (H, W): what the detector counted changed in the last step; None after
         a dense (first) step."""
-        return self._ref.change_mask()
+        with self._step_lock:
+            return self._ref.change_mask()
 
     def _finish(self, outs, stats, t0):
         """The step's outputs (one array, or a tuple), its time, every ``check_every``
@@ -151,9 +171,10 @@ class Stream(CameraStream):
 
     def reset(self):
         """Forget the reference: the next step computes densely."""
-        super().reset()
-        self._scene_cut = False
-        self._calib_frames = []
+        with self._step_lock:
+            super().reset()
+            self._scene_cut = False
+            self._calib_frames = []
 
     @property
     def cache_bytes(self):
@@ -162,12 +183,7 @@ class Stream(CameraStream):
              + sum(a.nbytes for a in self._torch_outputs.values()))
         return n + (self._approx.nbytes if self._approx is not None else 0)
 
-    def step(self, x):
-        """Feed the next input; returns the output(s) of ``model.run(reference_input)``.
-
-        ``x``: float32 (1, C, H, W) torch layout, or a uint8 (H, W, 3) BGR frame when
-        the model file declares image preprocessing (threshold then in pixel units).
-        """
+    def _step(self, x):
         t0 = time.perf_counter()
         new, frame = self._ref.as_input(x)
         first = not self._ref.started
@@ -194,19 +210,21 @@ class Stream(CameraStream):
         torch layout too and updated on the rows its node recomputed: transposing a
         whole 21-channel 360x480 map costs more than a sparse step's kernels."""
         shape = self.model.shapes[t]
+        # SPEC.md [G16] lets the graph input itself be an output: no node caches it
+        src = self._ref.input if t == self.model.graph.input.name else self._caches[t]
         if not is_image(shape):
-            return np.array(to_torch(self._caches[t], shape), order="C")
+            return np.array(to_torch(src, shape), order="C")
         buf = self._torch_outputs.get(t)
         if buf is None:
             buf = self._torch_outputs[t] = np.empty(shape[1:], np.float32)
             whole = True
         if whole:
-            hwc_to_chw(self._caches[t], buf, self.n_threads)
+            hwc_to_chw(src, buf, self.n_threads)
         else:
             mask = self._last_masks.get(t)
             if mask is not None:
                 rows = np.flatnonzero(mask.any(axis=1)).astype(np.int32)
-                hwc_to_chw(self._caches[t], buf, self.n_threads, rows)
+                hwc_to_chw(src, buf, self.n_threads, rows)
         return buf[None].copy()
 
     def dirty_mask(self, node_name):

@@ -11,6 +11,7 @@ Ids are stable: never renumber or reuse one; retired ids stay as comments.
 """
 
 import math
+import operator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -203,12 +204,15 @@ def _concat_infer(attrs, in_shapes):
     first = tuple(in_shapes[0])
     if axis >= len(first):
         raise SchemaError("axis", f"axis {axis} out of range for rank {len(first)}")
-    total = 0
-    for i, s in enumerate(in_shapes):
-        s = tuple(s)
-        if len(s) != len(first) or s[:axis] + s[axis + 1:] != first[:axis] + first[axis + 1:]:
-            raise SchemaError(f"input[{i}]", f"shape {s} does not match {first} outside axis {axis}")
-        total += s[axis]
+    rest = first[:axis] + first[axis + 1:]
+    # each distinct shape once: a concat may have 65536 inputs, mostly alike
+    if any(len(s) != len(first) or s[:axis] + s[axis + 1:] != rest
+           for s in set(map(tuple, in_shapes))):
+        for i, s in enumerate(map(tuple, in_shapes)):
+            if len(s) != len(first) or s[:axis] + s[axis + 1:] != rest:
+                raise SchemaError(f"input[{i}]",
+                                  f"shape {s} does not match {first} outside axis {axis}")
+    total = sum(map(operator.itemgetter(axis), in_shapes))
     out = list(first)
     out[axis] = total
     return [tuple(out)]

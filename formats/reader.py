@@ -19,6 +19,7 @@ import numpy as np
 
 from framedelta.errors import ModelFormatError
 
+from .budget import check_footprint
 from .graph import Graph, InputSpec, Node, Preprocess, check_graph
 from .layout import (FORMAT_NAME, FORMAT_VERSION, GRAPH_ATTRS, INPUT_ATTRS, MAX_ATTR_BYTES,
                      MAX_ATTR_LEN, NODE_ATTRS, NODE_MEMBERS, PREPROCESS_ATTRS, ROOT_ATTRS,
@@ -52,11 +53,13 @@ def _file_size(path):
     return os.stat(path).st_size
 
 
-def read_model(path):
+def read_model(path, max_activation_bytes=None, max_macs=None):
     """Read and validate the model file at ``path``; return its :class:`Graph`.
 
     Raises :class:`ModelFormatError` naming the file, the node (or None) and the field
     for any breach of SPEC.md; never another exception for a damaged or hostile file.
+    ``max_activation_bytes``, ``max_macs``: the limits of [R30] (None: budget.py's
+    defaults), raised for a model known to be that big.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):                                          # [R1]
@@ -68,7 +71,7 @@ def read_model(path):
         raise ModelFormatError(path, None, None, "cannot be opened as HDF5 (not an HDF5 "
                                f"file, or damaged or truncated): {e}") from e
     try:
-        return _Reader(path, f).read()
+        return _Reader(path, f).read(max_activation_bytes, max_macs)
     finally:
         try:
             f.close()
@@ -178,7 +181,13 @@ class _Reader:
         if stored > MAX_ATTR_BYTES:                                       # [R12]
             self.fail(node, field, f"holds {stored} bytes, the limit is {MAX_ATTR_BYTES}")
         with self.at(node, field):
-            value = obj.attrs[name]
+            # read through the attribute already open (its type and size were checked
+            # above): h5py's attrs[name] would open and inspect it again, and that
+            # doubled the time to load a graph of thousands of small nodes
+            value = np.empty(shape, aid.dtype)
+            aid.read(value)
+            if value.ndim == 0:
+                value = value[()]
         if kind == "int":
             return int(value)
         if kind == "ints":
@@ -189,7 +198,11 @@ class _Reader:
             return tuple(float(v) for v in np.asarray(value).reshape(-1))
         if kind == "str":
             return self.text(value, node, field)
-        return [self.text(v, node, field) for v in np.asarray(value, dtype=object).reshape(-1)]
+        # each distinct string checked once (a concat's 65536 inputs are mostly one name)
+        values = np.asarray(value, dtype=object).reshape(-1)
+        texts = {}
+        return [texts[v] if v in texts else texts.setdefault(v, self.text(v, node, field))
+                for v in values]
 
     def text(self, value, node, field):
         try:                                                              # [R12]
@@ -206,7 +219,7 @@ class _Reader:
 
     # --- the file --------------------------------------------------------------------
 
-    def read(self):
+    def read(self, max_activation_bytes=None, max_macs=None):
         f = self.f
         fmt = self.attr(f, "format", "str", None, "format")
         if fmt != FORMAT_NAME:                                            # [R3]
@@ -225,16 +238,16 @@ class _Reader:
         g_input = self.member(f, "input", h5py.Group, None, "input")
         g_graph = self.member(f, "graph", h5py.Group, None, "graph")
         g_nodes = self.member(f, "nodes", h5py.Group, None, "nodes")
-        self.base = 0
         with self.at(None, None):
-            self.base = int(f.userblock_size)
             self.size = _file_size(self.path)
 
         spec = self.read_input(g_input)
         outputs, count = self.read_graph(g_graph)
         nodes, datasets = self.read_nodes(g_nodes, count)
         graph = Graph(spec, nodes, outputs, producer)
-        check_graph(graph, self.path)                                     # [G1]..[G16]
+        shapes = check_graph(graph, self.path)                            # [G1]..[G16]
+        check_footprint(graph, shapes, self.path, max_activation_bytes,  # [R30]
+                        max_macs)
         for node in nodes:                                                # [R29]
             for name, dset in datasets[node.name].items():
                 arr = np.empty(dset.shape, np.float32)
@@ -379,7 +392,8 @@ class _Reader:
         if offset is None or stored != 4 * numel:                         # [R27]
             self.fail(node, field, f"stores {stored} bytes, its shape {shape} needs "
                       f"{4 * numel}" + (" (storage never written)" if offset is None else ""))
-        start = self.base + offset
+        # get_offset() counts from the start of the file, a userblock included
+        start = offset
         if layout == h5py.h5d.CONTIGUOUS and start + stored > self.size:  # [R28]
             self.fail(node, field, f"data at bytes {start}..{start + stored} runs past the end "
                       f"of the file ({self.size} bytes): truncated file")

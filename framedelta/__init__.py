@@ -6,6 +6,7 @@ The public API, all of it::
     fd.convert(module, example_input, "net.h5")   # torch.nn.Module (eval) or ExportedProgram
     fd.convert("net.onnx", path="net.h5")        # an ONNX file (input_shape=... if dynamic)
     model = fd.load("net.h5")                    # validated first; fd.ModelFormatError if not
+    model.memory_bytes, model.footprint          # what it holds; activations, weights, MACs
     model.input_shape                            # (1, C, H, W)
     y = model.run(x)                             # dense; float32 (1, C, H, W), torch layout
     s = model.stream(threshold=8, detector="block")   # one camera: incremental, exact
@@ -27,15 +28,19 @@ from .engine import Model
 __version__ = "0.3.0"
 
 
-def load(path, n_threads=None):
+def load(path, n_threads=None, *, max_activation_bytes=None, max_macs=None):
     """Read, validate and prepare the model file at ``path``.
 
     Every rule of formats/SPEC.md is checked before anything is allocated; a file that
     breaks one raises :class:`ModelFormatError` naming the file, node and field.
     ``n_threads``: threads for the kernels; None (default) means all cores.
+    ``max_activation_bytes`` (default 4 GiB: a dense pass's buffers, each stream holds
+    as much again) and ``max_macs`` (default 2^38 a pass): the limits of SPEC.md [R30];
+    raise them to load a model known to be that big.
     """
     from .formats import read_model
-    return Model(read_model(path), path=str(path), n_threads=n_threads)
+    graph = read_model(path, max_activation_bytes=max_activation_bytes, max_macs=max_macs)
+    return Model(graph, path=str(path), n_threads=n_threads)
 
 
 def convert(model, example_input=None, path=None, *, preprocess=None, input_shape=None):

@@ -82,9 +82,11 @@ def cmd_convert(args):
 
 
 def cmd_info(args):
-    from .formats import read_model
+    from . import load
     from .info import format_table
-    print(format_table(read_model(args.model), args.model))
+    model = load(args.model, n_threads=1, max_activation_bytes=args.max_activation_bytes,
+                 max_macs=args.max_macs)
+    print(format_table(model.graph, args.model, model))
 
 
 def _load_frames(video, n_frames, size=(360, 480), coverage=0.03):
@@ -315,6 +317,10 @@ def build_parser():
 
     i = sub.add_parser("info", help="nodes, shapes, MACs and receptive fields of a model file")
     i.add_argument("model")
+    i.add_argument("--max-activation-bytes", type=int, default=None,
+                   help="raise the activation limit (SPEC.md [R30], default 4 GiB)")
+    i.add_argument("--max-macs", type=int, default=None,
+                   help="raise the MACs-per-pass limit (SPEC.md [R30], default 2^38)")
     i.set_defaults(func=cmd_info)
 
     r = sub.add_parser("run", help="stream a video through a model: dense vs incremental")

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from .engine.receptive import receptive_fields
 from .engine.registry import RECEPTIVE_RULES
+from .formats.budget import MAX_ACTIVATION_BYTES, MAX_MACS, footprint, human_bytes
 from .formats.graph import check_graph
 from .formats.ops import OPS, resolve_attrs
 
@@ -37,8 +38,8 @@ def describe(graph, shapes=None):
     return rows
 
 
-def format_table(graph, path=""):
-    """The text `framedelta info` prints."""
+def format_table(graph, path="", model=None):
+    """The text `framedelta info` prints (with what ``model``, loaded, holds)."""
     shapes = check_graph(graph)
     rows = describe(graph, shapes)
     total = sum(r.macs for r in rows)
@@ -66,4 +67,12 @@ def format_table(graph, path=""):
         lines.append(f"  sparsity ends at {first_global.name} ({first_global.op}): from there on "
                      "any change anywhere makes every later position dirty")
     lines.append("  outputs: " + ", ".join(f"{t} {shapes[t]}" for t in graph.outputs))
+    fp = footprint(graph, shapes)
+    lines.append(f"  memory: activations {human_bytes(fp.activation_bytes)} per dense pass, "
+                 f"as much again per stream (limit {human_bytes(MAX_ACTIVATION_BYTES)}); "
+                 f"weights {human_bytes(fp.weight_bytes)}; {fp.macs / 1e9:.3f} of at most "
+                 f"{MAX_MACS / 1e9:.0f} GMACs")
+    if model is not None:
+        lines.append(f"  loaded, the model holds {human_bytes(model.memory_bytes)} "
+                     f"({model.memory_bytes} bytes: model.memory_bytes)")
     return "\n".join(lines)

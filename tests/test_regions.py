@@ -302,9 +302,47 @@ def test_crop_models_are_cached_by_shape():
     plan = model.region_plan()
     assert plan is s.plan
     # quantised crop shapes: far fewer prepared models than crops run
-    assert 1 <= len(plan.prepare_seconds) <= len(plan._crops) <= plan.max_crop_models
-    for h, w in plan._crops:          # lengths differ from the frame's by whole strides
+    assert 1 <= len(plan.crop_shapes) <= len(plan.prepare_seconds)
+    for h, w in plan.crop_shapes:     # lengths differ from the frame's by whole strides
         assert (96 - h) % plan.alignment[0] == 0 and (128 - w) % plan.alignment[1] == 0
+    assert 0 < plan.cache_bytes <= plan.max_crop_bytes + _packed_bytes(plan)
+    assert model.crop_cache_bytes == plan.cache_bytes
+
+
+def _packed_bytes(plan):
+    from framedelta.engine.packs import packed_arrays
+    return sum(a.nbytes for a in packed_arrays(plan._packs))
+
+
+def test_crop_models_share_packed_weights_and_stay_within_their_bytes():
+    """Each crop model once packed its own weights and the cache counted models, not
+    bytes (a U-Net grew 10.5 GiB in 178 frames): now one packed copy serves every
+    shape, and the activation buffers stay within max_crop_bytes."""
+    from framedelta.engine.crops import RegionPlan
+    from framedelta.engine.model import held_arrays
+    model = _scaled_small_model()
+    plan = RegionPlan(model, max_crop_bytes=1)      # room for the crop in use only
+    shapes = [(48, 64), (64, 64), (48, 96), (64, 96)]
+    models = [plan.crop_model(h, w)[0][0] for h, w in shapes]
+    assert plan.crop_shapes == [shapes[-1]]
+    convs = [[id(a) for (node, run, _) in m._steps if node.op == "conv2d"
+              for a in held_arrays(run) if a.ndim == 2] for m in models]
+    assert convs[0] and all(c == convs[0] for c in convs)       # the same arrays
+    own = sum(out.nbytes for _, _, out in models[-1]._steps)
+    assert own <= plan.cache_bytes - _packed_bytes(plan) <= own + 4096
+    # a byte budget for two models of the biggest shape keeps at most two
+    big = sum(out.nbytes for _, _, out in models[-1]._steps)
+    plan = RegionPlan(model, max_crop_bytes=2 * big + 1024)
+    for h, w in shapes * 2:
+        plan.crop_model(h, w)
+        assert plan.cache_bytes - _packed_bytes(plan) <= 2 * big + 1024
+    assert 2 <= len(plan.crop_shapes) <= 3
+    # the model reports what its region streams' crop models hold
+    s = model.stream(mode="regions", threshold=8, detector="block", block=8)
+    for f in _frames(6, h=96, w=128):
+        s.step(f)
+    assert model.crop_cache_bytes == model.region_plan().cache_bytes > 0
+    assert model.memory_bytes > model.crop_cache_bytes + model.footprint.activation_bytes // 2
 
 
 def test_pnet_trained_weights_exact_on_a_synthetic_scene(tmp_path):
