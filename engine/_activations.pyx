@@ -192,11 +192,11 @@ def prelu(const float[:, :, ::1] x, const float[::1] slope, float[:, :, ::1] out
     cdef const float* xp = &x[0, 0, 0]
     cdef float* op = &out[0, 0, 0]
     if I == 1:                        # an image's channels: one contiguous row a position
-        for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+        for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
             o = pp[k] if pp != NULL else k
             fd_prelu_row(xp + o * C, &slope[0], op + o * C, C)
         return
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         o = pp[k] if pp != NULL else k
         for c in range(C):
             for i in range(I):
@@ -248,7 +248,7 @@ def softmax(const float[:, :, ::1] x, float[:, :, ::1] out, bint log_, int n_thr
     cdef Py_ssize_t P = out.shape[0] if pix is None else pix.shape[0]
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef Py_ssize_t k, o, i, L = P * I
-    for k in prange(L, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(L, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         o = pp[k // I] if pp != NULL else k // I
         i = k % I
         _softmax_line(&x[o, 0, i], &out[o, 0, i], N, I, log_)

@@ -9,6 +9,8 @@ for images, one row holding the whole tensor for the others.
 """
 
 from cython.parallel cimport prange
+
+include "_pool_api.pxi"
 from libc.math cimport fabsf, signbit
 
 ctypedef unsigned char u8
@@ -30,7 +32,7 @@ def gather_rows(const float[:, ::1] a, const int[::1] pix, float[:, ::1] out,
     if out.shape[0] < n or out.shape[1] != C:
         raise ValueError("gather_rows: inconsistent shapes")
     cdef int nt = _threads(n * C, n_threads)
-    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+    for i in prange(n, nogil=True, num_threads=pool_threads(nt), schedule="static"):
         p = pix[i]
         for c in range(C):
             out[i, c] = a[p, c]
@@ -62,7 +64,7 @@ def suppress_rows(float[:, ::1] a, const float[:, ::1] old, const int[::1] pix, 
     if old.shape[0] < n or old.shape[1] != C:
         raise ValueError("suppress_rows: inconsistent shapes")
     cdef int nt = _threads(n * C, n_threads)
-    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+    for i in prange(n, nogil=True, num_threads=pool_threads(nt), schedule="static"):
         p = pix[i]
         if not _moved(&a[p, 0], &old[i, 0], C, t):
             for c in range(C):
@@ -82,7 +84,7 @@ def suppress_dense(float[:, ::1] a, const float[:, ::1] old, u8[::1] mask, float
     if old.shape[0] != n or old.shape[1] != C or mask.shape[0] != n:
         raise ValueError("suppress_dense: inconsistent shapes")
     cdef int nt = _threads(n * C, n_threads)
-    for p in prange(n, nogil=True, num_threads=nt, schedule="static"):
+    for p in prange(n, nogil=True, num_threads=pool_threads(nt), schedule="static"):
         if mask[p] == 0 or not _moved(&a[p, 0], &old[p, 0], C, t):
             for c in range(C):
                 a[p, c] = old[p, c]

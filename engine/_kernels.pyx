@@ -637,12 +637,12 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
     cdef Py_ssize_t k
     cdef int oy, ox, m
     if pix is None:               # rows and columns: no division a position
-        for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
+        for oy in prange(OH, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
             for ox in range(OW):
                 _max_window(xp, H, W, C, op + (<Py_ssize_t>oy * OW + ox) * C, oy, ox,
                             kh, kw, sh, sw, pt, pl, dh, dw)
         return
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pix[k]
         _max_window(xp, H, W, C, op + <Py_ssize_t>m * C, m // OW, m % OW,
                     kh, kw, sh, sw, pt, pl, dh, dw)
@@ -718,7 +718,7 @@ def add(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int n_t
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef Py_ssize_t k, p
     cdef int c
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pp[k] if pp != NULL else k
         for c in range(C):
             out[p, c] = a[p, c] + b[p, c]
@@ -734,7 +734,7 @@ def activation(const float[:, ::1] x, float[:, ::1] out, int act, float lo, floa
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef Py_ssize_t k, p
     cdef int c
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pp[k] if pp != NULL else k
         for c in range(C):
             out[p, c] = _act(x[p, c], act, lo, hi)
@@ -751,7 +751,7 @@ def affine(const float[:, ::1] x, const float[::1] scale, const float[::1] shift
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef Py_ssize_t k, p
     cdef int c
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pp[k] if pp != NULL else k
         for c in range(C):
             out[p, c] = x[p, c] * scale[c] + shift[c]
@@ -776,7 +776,7 @@ def concat_channels(list xs, float[:, ::1] out, int n_threads, const int[::1] pi
     cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
     cdef Py_ssize_t i, p
-    for i in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for i in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pp[i] if pp != NULL else i
         off = 0
         for k in range(n_in):
@@ -801,7 +801,7 @@ def gather_pixels(const float[:, :, ::1] x, const int[::1] iy, const int[::1] ix
     cdef const float* xp = &x[0, 0, 0]
     cdef float* op = &out[0, 0, 0]
     cdef Py_ssize_t k, m
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[k] if pp != NULL else k
         memcpy(op + m * C, xp + (<Py_ssize_t>iy[m // OW] * W + ix[m % OW]) * C,
                C * sizeof(float))
@@ -829,7 +829,7 @@ def bilinear(const float[:, :, ::1] x, const int[:, ::1] ys, const float[:, ::1]
     cdef const float* r1
     cdef float h0, h1, w0, w1
     cdef float* o
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[k] if pp != NULL else k
         oy = <int>(m // OW)
         ox = <int>(m % OW)
@@ -861,6 +861,6 @@ def linear(const float[::1] x, const float[::1] w, const float[::1] bias,
     cdef int nblk = (O + nb - 1) // nb
     cdef int blk
     n_threads = max(1, min(n_threads, nblk))
-    for blk in prange(nblk, nogil=True, num_threads=n_threads, schedule="static"):
+    for blk in prange(nblk, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         fd_gemm_bias_act_cols(1, O, F, &x[0], F, &w[0], blk * nb, min(O, blk * nb + nb),
                               &bias[0], &out[0], O, ACT_NONE, 0, 0)

@@ -9,6 +9,8 @@ Here each thread takes whole rows and moves them in blocks of columns that stay 
 
 from cython.parallel cimport prange
 
+include "_pool_api.pxi"
+
 DEF XB = 64          # columns per block: XB * C floats read, C runs of XB floats written
 
 
@@ -30,7 +32,7 @@ def hwc_to_chw(const float[:, :, ::1] src, float[:, :, ::1] dst, int n_threads,
     cdef const float* sp = &src[0, 0, 0]
     cdef float* dp = &dst[0, 0, 0]
     cdef Py_ssize_t plane = <Py_ssize_t>H * W
-    for k in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(n, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         y = <int>k if rows is None else rows[k]
         _row(sp + <Py_ssize_t>y * W * C, dp + <Py_ssize_t>y * W, W, C, plane)
 

@@ -9,6 +9,8 @@ dilates a node's input mask by the exact input ranges of its output rows and col
 
 cimport cython
 from cython.parallel cimport prange
+
+include "_pool_api.pxi"
 from libc.math cimport fabsf
 from libc.string cimport memcpy, memset
 
@@ -38,7 +40,7 @@ def max_abs_diff_f32(const float[:, :, ::1] x, const float[:, :, ::1] ref,
     cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
     cdef int y, i, c
     cdef float m, d
-    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         for i in range(W):
             m = 0.0
             for c in range(C):
@@ -62,7 +64,7 @@ def max_abs_diff_f32_planes(const float[:, :, ::1] x, const float[:, :, ::1] ref
     if H == 0 or W == 0 or C == 0:
         return
     cdef long plane = <long>H * W
-    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         fd_maxdiff_f32_planes(&x[0, y, 0], plane, &ref[y, 0, 0], &out[y, 0], W, C)
 
 
@@ -76,7 +78,7 @@ def take_changed_f32_planes(const float[:, :, ::1] x, float[:, :, ::1] ref,
     if H == 0 or W == 0 or C == 0:
         return
     cdef long plane = <long>H * W
-    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         fd_take_f32_planes(&x[0, y, 0], plane, &ref[y, 0, 0], &mask[y, 0], W, C)
 
 
@@ -89,7 +91,7 @@ def max_abs_diff_u8(const u8[:, :, ::1] x, const u8[:, :, ::1] ref, u8[:, ::1] o
         raise ValueError("max_abs_diff_u8: inconsistent shapes")
     if H == 0 or W == 0:
         return
-    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         fd_maxdiff_u8(&x[y, 0, 0], &ref[y, 0, 0], &out[y, 0], W, C)
 
 
@@ -102,7 +104,7 @@ def frame_to_input(const u8[:, :, ::1] frame, const float[:, ::1] lut, const int
     _check_lut(frame.shape[2], C, lut, src)
     if out.shape[0] != H or out.shape[1] != W:
         raise ValueError("frame_to_input: inconsistent shapes")
-    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         for i in range(W):
             for c in range(C):
                 out[y, i, c] = lut[c, frame[y, i, src[c]]]
@@ -128,7 +130,7 @@ def take_changed_u8(const u8[:, :, ::1] new, u8[:, :, ::1] ref, float[:, :, ::1]
     if (ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C or inp.shape[0] != H
             or inp.shape[1] != W or mask.shape[0] != H or mask.shape[1] != W):
         raise ValueError("take_changed_u8: inconsistent shapes")
-    for y in prange(H, nogil=True, num_threads=n_threads, schedule="static"):
+    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         for i in range(W):
             if mask[y, i]:
                 for c in range(C):
@@ -391,7 +393,7 @@ def block_change_mask_u8(const u8[:, ::1] d, float t, int b, u8[:, ::1] out, int
     cdef int iy, ix, y, y0, y1, x0, x1
     cdef Py_ssize_t n = 0
     cdef bint ch
-    for iy in prange(nty, nogil=True, num_threads=n_threads, schedule="static"):
+    for iy in prange(nty, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         y0 = iy * b
         y1 = min(H, y0 + b)
         fd_tile_sums_u8(&d[0, 0], W, y0, y1, b, &sums[iy, 0])

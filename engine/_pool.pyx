@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The process's one thread pool (engine/pool.h), for every kernel module.
 
-The kernel modules take ``fd_pool_run`` from :data:`run_capsule` when they are imported
+The kernel modules take its functions from :data:`api_capsule` when they are imported
 (engine/_pool_api.pxi), so that all of them share these workers.
 """
 
@@ -11,8 +11,9 @@ cdef extern from *:
     """
     #define FD_POOL_IMPLEMENTATION
     #include "pool.h"
-    static void *fd_pool_run_address(void) { return (void *)fd_pool_run; }
+    static fd_pool_api fd_pool_api_table = {fd_pool_run, fd_pool_threads};
+    static void *fd_pool_api_address(void) { return (void *)&fd_pool_api_table; }
     """
-    void *fd_pool_run_address()
+    void *fd_pool_api_address()
 
-run_capsule = PyCapsule_New(fd_pool_run_address(), "framedelta.engine._pool.run", NULL)
+api_capsule = PyCapsule_New(fd_pool_api_address(), "framedelta.engine._pool.api", NULL)

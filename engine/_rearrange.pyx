@@ -10,6 +10,8 @@ is split in pieces that depend only on the shapes, never on ``n_threads``.
 
 import numpy as np
 from cython.parallel cimport prange
+
+include "_pool_api.pxi"
 from libc.math cimport sqrt
 from libc.string cimport memcpy
 
@@ -40,7 +42,7 @@ def pad(const float[:, :, ::1] x, float[:, :, ::1] out, int pt, int pl, float va
     cdef Py_ssize_t k, m
     cdef int iy, ix, c
     cdef float* o
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[k] if pp != NULL else k
         iy = <int>(m // OW) - pt
         ix = <int>(m % OW) - pl
@@ -86,7 +88,7 @@ def slice_image(const float[:, :, ::1] x, float[:, :, ::1] out, int axis, int st
     cdef int oy, ox, c
     cdef float* o
     cdef const float* xs
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[k] if pp != NULL else k
         oy = <int>(m // OW)
         ox = <int>(m % OW)
@@ -129,7 +131,7 @@ def group_norm(const float[:, ::1] x, const float[::1] weight, const float[::1] 
     cdef int g, c
     cdef double s, d
     # pass 1: sums per chunk and group
-    for ch in prange(nchunk, nogil=True, num_threads=n_threads, schedule="static"):
+    for ch in prange(nchunk, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p1 = min(P, (ch + 1) * GN_CHUNK)
         for g in range(G):
             s = 0.0
@@ -143,7 +145,7 @@ def group_norm(const float[:, ::1] x, const float[::1] weight, const float[::1] 
             s += part[q, g]
         mean[g] = s / n
     # pass 2: squared deviations from the mean
-    for ch in prange(nchunk, nogil=True, num_threads=n_threads, schedule="static"):
+    for ch in prange(nchunk, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p1 = min(P, (ch + 1) * GN_CHUNK)
         for g in range(G):
             s = 0.0
@@ -161,7 +163,7 @@ def group_norm(const float[:, ::1] x, const float[::1] weight, const float[::1] 
             scale[c] = d * weight[c]
             shift[c] = bias[c]
     # pass 3: normalise
-    for p in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for p in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         for c in range(C):
             op[p * C + c] = <float>((xp[p * C + c] - mean[c // CG]) * scale[c] + shift[c])
 
@@ -202,7 +204,7 @@ def concat_spatial(list xs, const int[::1] src, const int[::1] loc, int axis,
     cdef float* op = &out[0, 0, 0]
     cdef Py_ssize_t m
     cdef int oy, ox, iy, ix
-    for i in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for i in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[i] if pp != NULL else i
         oy = <int>(m // OW)
         ox = <int>(m % OW)

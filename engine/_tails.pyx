@@ -18,6 +18,8 @@ at the end of a network.
 
 cimport cython
 from cython.parallel cimport prange
+
+include "_pool_api.pxi"
 from libc.math cimport sqrt
 
 cdef extern from "gemm.h" nogil:
@@ -58,12 +60,12 @@ def pixel_shuffle(const float[:, :, ::1] x, float[:, :, ::1] out, int r, int n_t
     cdef float* op = &out[0, 0, 0]
     cdef int oy, ox, k, p, P
     if pix is None:
-        for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
+        for oy in prange(OH, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
             for ox in range(OW):
                 _shuffle_pixel(xp, W, C, op, OW, OC, r, oy, ox)
         return
     P = pix.shape[0]
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pix[k]
         _shuffle_pixel(xp, W, C, op, OW, OC, r, p // OW, p % OW)
 
@@ -93,12 +95,12 @@ def pixel_unshuffle(const float[:, :, ::1] x, float[:, :, ::1] out, int r, int n
     cdef float* op = &out[0, 0, 0]
     cdef int oy, ox, k, p, P
     if pix is None:
-        for oy in prange(OH, nogil=True, num_threads=n_threads, schedule="static"):
+        for oy in prange(OH, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
             for ox in range(OW):
                 _unshuffle_pixel(xp, W, C, op, OW, OC, r, oy, ox)
         return
     P = pix.shape[0]
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pix[k]
         _unshuffle_pixel(xp, W, C, op, OW, OC, r, p // OW, p % OW)
 
@@ -135,7 +137,7 @@ def layer_norm(const float[:, ::1] x, const float[::1] weight, const float[::1] 
     cdef Py_ssize_t n = P if pix is None else pix.shape[0]
     cdef const int* pp = NULL if pix is None or n == 0 else &pix[0]
     cdef Py_ssize_t k, p
-    for k in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(n, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         p = pp[k] if pp != NULL else k
         _norm_row(&x[p, 0], &weight[0], &bias[0], &out[p, 0], C, eps)
 
@@ -162,9 +164,9 @@ def bmm(const float[:, :, ::1] a, const float[:, :, ::1] b, float[:, ::1] packed
         raise ValueError("bmm: inconsistent shapes")
     cdef int i, t, m0
     cdef int n_rt = (M + BMM_ROWS - 1) // BMM_ROWS
-    for i in prange(B, nogil=True, num_threads=n_threads, schedule="static"):
+    for i in prange(B, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         fd_pack_b(&b[i, 0, 0], K, N, N, &packed[i, 0])
-    for t in prange(B * n_rt, nogil=True, num_threads=n_threads, schedule="static"):
+    for t in prange(B * n_rt, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         i = t // n_rt
         m0 = (t % n_rt) * BMM_ROWS
         fd_gemm_bias_act(min(BMM_ROWS, M - m0), N, K, &a[i, m0, 0], K, &packed[i, 0],

@@ -19,6 +19,8 @@ outside the input give zero rows, as conv2d's padding does.
 cimport cython
 import numpy as np
 from cython.parallel cimport parallel, prange, threadid
+
+include "_pool_api.pxi"
 from libc.math cimport INFINITY
 from libc.string cimport memcpy, memset
 
@@ -198,7 +200,7 @@ def conv_transpose2d(const float[:, :, ::1] x, const float[::1] w, const float[:
     cdef const float* xp = &x[0, 0, 0]
     cdef Py_ssize_t t
     cdef int tid
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=pool_threads(n_threads)):
         for t in prange(n_mt, schedule="static"):
             tid = threadid()
             _ct_tile(xp, H, W, Cin, G, OW, kw, sh, sw, pt, pl, &ystart[0], &yoff[0],
@@ -243,7 +245,7 @@ def conv_transpose2d_depthwise(const float[:, :, ::1] x, const float[:, ::1] w,
     cdef float* o
     cdef const float* xs
     cdef const float* ws
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[k] if pp != NULL else k
         oy = <int>(m // OW)
         ox = <int>(m % OW)
@@ -312,7 +314,7 @@ def window_pool(const float[:, :, ::1] x, float[:, :, ::1] out,
     cdef float* o
     cdef const float* xs
     cdef float v, d, dy, dx
-    for k in prange(P, nogil=True, num_threads=n_threads, schedule="static"):
+    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
         m = pp[k] if pp != NULL else k
         oy = <int>(m // OW)
         ox = <int>(m % OW)

@@ -36,6 +36,13 @@
 /* run item ``item`` of a job; ``slot`` < n_threads names the thread's scratch */
 typedef void (*fd_task_fn)(void *ctx, ptrdiff_t item, int slot);
 typedef void (*fd_pool_run_fn)(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *ctx);
+typedef int (*fd_pool_threads_fn)(int n_threads);
+
+/* what the kernel modules take from engine/_pool.pyx's capsule */
+typedef struct {
+    fd_pool_run_fn run;
+    fd_pool_threads_fn threads;
+} fd_pool_api;
 
 #ifdef FD_POOL_IMPLEMENTATION
 
@@ -152,13 +159,20 @@ static int fd_pool_start(int n)
     return fd_pool.n_workers + 1;
 }
 
-/* fn(ctx, i, slot) for 0 <= i < n_items, on up to n_threads threads (the caller one) */
 /* Back-off (under fd_pool.busy): when the caller keeps waiting for items a worker took
  * and did not finish (the worker was descheduled mid-item: another process has its
  * core), jobs run on the caller alone for a while, then the workers are tried again. */
 static int64_t fd_pool_solo_until;     /* ns; jobs before then run on the caller alone */
 static int64_t fd_pool_solo_ns = 2000000;  /* the next back-off, doubled each time */
 
+/* The thread count for a kernel that still runs an OpenMP region: 1 while the pool is
+ * backing off (a core is taken: a region's barrier would wait for it), else n. */
+static int fd_pool_threads(int n_threads)
+{
+    return n_threads > 1 && fd_pool_now_ns() < fd_pool_solo_until ? 1 : n_threads;
+}
+
+/* fn(ctx, i, slot) for 0 <= i < n_items, on up to n_threads threads (the caller one) */
 static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *ctx)
 {
     if (n_items <= 0)
