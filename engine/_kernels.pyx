@@ -75,6 +75,10 @@ cdef extern from "gemm.h" nogil:
 # row is at least this long; the others go through an im2col buffer. Either way each
 # element gets the same arithmetic (gemm.h), so this is a speed choice only.
 DEF IMPLICIT_MAX_KH = 64
+# positions per item of the per-position kernels (pooling, elementwise, resizing): the
+# pool hands items to whichever thread is free; each position is computed alike in any
+# item
+DEF PIECE = 512
 cdef int _implicit_min_run = 24
 
 
@@ -632,20 +636,38 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw,
     cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
     if P == 0:
         return
-    cdef const float* xp = &x[0, 0, 0]
-    cdef float* op = &out[0, 0, 0]
-    cdef Py_ssize_t k
-    cdef int oy, ox, m
-    if pix is None:               # rows and columns: no division a position
-        for oy in prange(OH, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-            for ox in range(OW):
-                _max_window(xp, H, W, C, op + (<Py_ssize_t>oy * OW + ox) * C, oy, ox,
-                            kh, kw, sh, sw, pt, pl, dh, dw)
-        return
-    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        m = pix[k]
-        _max_window(xp, H, W, C, op + <Py_ssize_t>m * C, m // OW, m % OW,
-                    kh, kw, sh, sw, pt, pl, dh, dw)
+    cdef PosJob j
+    j.x, j.out, j.H, j.W, j.C, j.OW = &x[0, 0, 0], &out[0, 0, 0], H, W, C, OW
+    j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw = kh, kw, sh, sw, pt, pl, dh, dw
+    j.pix, j.P = (<const int*>NULL if pix is None else &pix[0]), P
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _max_pool_item, &j)
+
+
+cdef void _max_pool_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef PosJob* j = <PosJob*>ctx
+    cdef Py_ssize_t k, m
+    for k in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        m = j.pix[k] if j.pix != NULL else k
+        _max_window(j.x, j.H, j.W, j.C, j.out + m * j.C, <int>(m // j.OW), <int>(m % j.OW),
+                    j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw)
+
+
+ctypedef struct PosJob:
+    # what the per-position kernels need (each uses its own fields)
+    const float* x
+    float* out
+    const float* a          # affine: scale; bilinear: wy
+    const float* b          # affine: shift; bilinear: wx
+    const int* ia           # gather_pixels: iy; bilinear: ys
+    const int* ib           # gather_pixels: ix; bilinear: xs
+    const int* pix
+    Py_ssize_t P, ldx, ldo
+    int H, W, C, OW, kh, kw, sh, sw, pt, pl, dh, dw, act
+    float lo, hi
+    const Py_ssize_t* ptrs  # concat: inputs
+    const int* chans
+    int n_in
 
 
 # global average pool: pieces of the pixels (at least GAP_MIN_PIXELS each)
@@ -731,13 +753,28 @@ def activation(const float[:, ::1] x, float[:, ::1] out, int act, float lo, floa
     if x.shape[0] != out.shape[0] or x.shape[1] != C:
         raise ValueError("activation: inconsistent shapes")
     cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
-    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    if P == 0 or C == 0:
+        return
+    cdef PosJob j
+    j.x, j.out, j.C, j.act, j.lo, j.hi = &x[0, 0], &out[0, 0], C, act, lo, hi
+    j.ldx, j.ldo = x.strides[0] // 4, out.strides[0] // 4
+    j.pix, j.P = (<const int*>NULL if pix is None else &pix[0]), P
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _activation_item, &j)
+
+
+cdef void _activation_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef PosJob* j = <PosJob*>ctx
     cdef Py_ssize_t k, p
     cdef int c
-    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        p = pp[k] if pp != NULL else k
-        for c in range(C):
-            out[p, c] = _act(x[p, c], act, lo, hi)
+    cdef const float* xr
+    cdef float* o
+    for k in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        p = j.pix[k] if j.pix != NULL else k
+        xr = j.x + p * j.ldx
+        o = j.out + p * j.ldo
+        for c in range(j.C):
+            o[c] = _act(xr[c], j.act, j.lo, j.hi)
 
 
 def affine(const float[:, ::1] x, const float[::1] scale, const float[::1] shift,
@@ -748,13 +785,28 @@ def affine(const float[:, ::1] x, const float[::1] scale, const float[::1] shift
             or shift.shape[0] != C:
         raise ValueError("affine: inconsistent shapes")
     cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
-    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    if P == 0 or C == 0:
+        return
+    cdef PosJob j
+    j.x, j.out, j.a, j.b, j.C = &x[0, 0], &out[0, 0], &scale[0], &shift[0], C
+    j.ldx, j.ldo = x.strides[0] // 4, out.strides[0] // 4
+    j.pix, j.P = (<const int*>NULL if pix is None else &pix[0]), P
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _affine_item, &j)
+
+
+cdef void _affine_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef PosJob* j = <PosJob*>ctx
     cdef Py_ssize_t k, p
     cdef int c
-    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        p = pp[k] if pp != NULL else k
-        for c in range(C):
-            out[p, c] = x[p, c] * scale[c] + shift[c]
+    cdef const float* xr
+    cdef float* o
+    for k in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        p = j.pix[k] if j.pix != NULL else k
+        xr = j.x + p * j.ldx
+        o = j.out + p * j.ldo
+        for c in range(j.C):
+            o[c] = xr[c] * j.a[c] + j.b[c]
 
 
 def concat_channels(list xs, float[:, ::1] out, int n_threads, const int[::1] pix=None):
@@ -774,14 +826,27 @@ def concat_channels(list xs, float[:, ::1] out, int n_threads, const int[::1] pi
     if off != out.shape[1]:
         raise ValueError("concat_channels: channel counts do not add up")
     cdef Py_ssize_t P = ((out.shape[0]) if pix is None else pix.shape[0])
-    cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
+    if P == 0 or n_in == 0:
+        return
+    cdef PosJob j
+    j.out, j.ldo, j.ptrs, j.chans, j.n_in = &out[0, 0], out.strides[0] // 4, &ptrs[0], \
+        &chans[0], n_in
+    j.pix, j.P = (<const int*>NULL if pix is None else &pix[0]), P
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _concat_item, &j)
+
+
+cdef void _concat_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef PosJob* j = <PosJob*>ctx
     cdef Py_ssize_t i, p
-    for i in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        p = pp[i] if pp != NULL else i
+    cdef int k, off
+    for i in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        p = j.pix[i] if j.pix != NULL else i
         off = 0
-        for k in range(n_in):
-            memcpy(&out[p, off], (<float*>ptrs[k]) + p * chans[k], chans[k] * sizeof(float))
-            off = off + chans[k]
+        for k in range(j.n_in):
+            memcpy(j.out + p * j.ldo + off, (<float*>j.ptrs[k]) + p * j.chans[k],
+                   j.chans[k] * sizeof(float))
+            off = off + j.chans[k]
 
 
 # --- resizing --------------------------------------------------------------------
@@ -798,13 +863,24 @@ def gather_pixels(const float[:, :, ::1] x, const int[::1] iy, const int[::1] ix
         raise ValueError("gather_pixels: inconsistent shapes")
     cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
-    cdef const float* xp = &x[0, 0, 0]
-    cdef float* op = &out[0, 0, 0]
+    if P == 0 or C == 0:
+        return
+    cdef PosJob j
+    j.x, j.out, j.W, j.C, j.OW, j.ia, j.ib = &x[0, 0, 0], &out[0, 0, 0], W, C, OW, \
+        &iy[0], &ix[0]
+    j.pix, j.P = pp, P
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _gather_item, &j)
+
+
+cdef void _gather_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef PosJob* j = <PosJob*>ctx
     cdef Py_ssize_t k, m
-    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        m = pp[k] if pp != NULL else k
-        memcpy(op + m * C, xp + (<Py_ssize_t>iy[m // OW] * W + ix[m % OW]) * C,
-               C * sizeof(float))
+    for k in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        m = j.pix[k] if j.pix != NULL else k
+        memcpy(j.out + m * j.C,
+               j.x + (<Py_ssize_t>j.ia[m // j.OW] * j.W + j.ib[m % j.OW]) * j.C,
+               j.C * sizeof(float))
 
 
 def bilinear(const float[:, :, ::1] x, const int[:, ::1] ys, const float[:, ::1] wy,
@@ -822,27 +898,40 @@ def bilinear(const float[:, :, ::1] x, const int[:, ::1] ys, const float[:, ::1]
         raise ValueError("bilinear: inconsistent shapes")
     cdef Py_ssize_t P = ((<Py_ssize_t>OH * OW) if pix is None else pix.shape[0])
     cdef const int* pp = NULL if pix is None or P == 0 else &pix[0]
-    cdef const float* xp = &x[0, 0, 0]
+    if P == 0 or C == 0:
+        return
+    cdef PosJob j
+    j.x, j.out, j.W, j.C, j.OW = &x[0, 0, 0], &out[0, 0, 0], W, C, OW
+    j.ia, j.a, j.ib, j.b = &ys[0, 0], &wy[0, 0], &xs[0, 0], &wx[0, 0]
+    j.pix, j.P = pp, P
+    with nogil:
+        pool_run(n_threads, (P + PIECE - 1) // PIECE, _bilinear_item, &j)
+
+
+cdef void _bilinear_item(void* ctx, ptrdiff_t item, int slot) noexcept nogil:
+    cdef PosJob* j = <PosJob*>ctx
     cdef Py_ssize_t k, m
-    cdef int oy, ox, c
+    cdef int oy, ox, c, C = j.C, x0, x1
     cdef const float* r0
     cdef const float* r1
     cdef float h0, h1, w0, w1
     cdef float* o
-    for k in prange(P, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        m = pp[k] if pp != NULL else k
-        oy = <int>(m // OW)
-        ox = <int>(m % OW)
-        r0 = xp + <Py_ssize_t>ys[oy, 0] * W * C
-        r1 = xp + <Py_ssize_t>ys[oy, 1] * W * C
-        h0 = wy[oy, 0]
-        h1 = wy[oy, 1]
-        w0 = wx[ox, 0]
-        w1 = wx[ox, 1]
-        o = &out[0, 0, 0] + m * C
+    for k in range(item * PIECE, min(j.P, (item + 1) * PIECE)):
+        m = j.pix[k] if j.pix != NULL else k
+        oy = <int>(m // j.OW)
+        ox = <int>(m % j.OW)
+        r0 = j.x + <Py_ssize_t>j.ia[2 * oy] * j.W * C
+        r1 = j.x + <Py_ssize_t>j.ia[2 * oy + 1] * j.W * C
+        h0 = j.a[2 * oy]
+        h1 = j.a[2 * oy + 1]
+        w0 = j.b[2 * ox]
+        w1 = j.b[2 * ox + 1]
+        x0 = j.ib[2 * ox] * C
+        x1 = j.ib[2 * ox + 1] * C
+        o = j.out + m * C
         for c in range(C):
-            o[c] = (h0 * (w0 * r0[xs[ox, 0] * C + c] + w1 * r0[xs[ox, 1] * C + c])
-                    + h1 * (w0 * r1[xs[ox, 0] * C + c] + w1 * r1[xs[ox, 1] * C + c]))
+            o[c] = (h0 * (w0 * r0[x0 + c] + w1 * r0[x1 + c])
+                    + h1 * (w0 * r1[x0 + c] + w1 * r1[x1 + c]))
 
 
 # --- vectors ---------------------------------------------------------------------

@@ -15,5 +15,18 @@ cdef extern from *:
     static void *fd_pool_api_address(void) { return (void *)&fd_pool_api_table; }
     """
     void *fd_pool_api_address()
+    long fd_pool_backoffs
+    long fd_pool_worker_items, fd_pool_items, fd_pool_jobs
 
 api_capsule = PyCapsule_New(fd_pool_api_address(), "framedelta.engine._pool.api", NULL)
+
+
+def backoffs():
+    """How many times the pool has backed off to the caller alone (a worker lost its
+    core mid-job) in this process."""
+    return fd_pool_backoffs
+
+
+def counts():
+    """(jobs, items run by the caller, items run by workers) so far in this process."""
+    return fd_pool_jobs, fd_pool_items, fd_pool_worker_items

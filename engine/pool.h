@@ -50,6 +50,7 @@ typedef struct {
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -90,12 +91,15 @@ static inline int64_t fd_pool_now_ns(void)
 }
 
 /* take and run items until none is left */
+static atomic_long fd_pool_worker_items, fd_pool_items, fd_pool_jobs;
+
 static inline void fd_pool_take(fd_task_fn fn, void *ctx, ptrdiff_t n, int slot)
 {
     ptrdiff_t i;
     while ((i = (ptrdiff_t)atomic_fetch_add(&fd_pool.next, 1)) < n) {
         fn(ctx, i, slot);
         atomic_fetch_add(&fd_pool.done, 1);
+        atomic_fetch_add(slot ? &fd_pool_worker_items : &fd_pool_items, 1);
     }
 }
 
@@ -164,12 +168,19 @@ static int fd_pool_start(int n)
  * core), jobs run on the caller alone for a while, then the workers are tried again. */
 static int64_t fd_pool_solo_until;     /* ns; jobs before then run on the caller alone */
 static int64_t fd_pool_solo_ns = 2000000;  /* the next back-off, doubled each time */
+static int fd_pool_backoff = -1;           /* FRAMEDELTA_POOL_BACKOFF=0 turns it off */
+static long fd_pool_backoffs;              /* how many times it backed off (stats) */
 
-/* The thread count for a kernel that still runs an OpenMP region: 1 while the pool is
- * backing off (a core is taken: a region's barrier would wait for it), else n. */
+/* The thread count for a kernel that still runs an OpenMP region: one. Two thread pools
+ * in one process fight over the cores: with OpenMP's worker spinning after a relu and
+ * ours after a conv, ResNet-18's dense pass on 2 threads took 110-145 ms instead of 72
+ * (the workers descheduled each other mid-item). So every parallel kernel goes through
+ * this pool, and the few left on OpenMP (small, or rare ops) run on the calling thread
+ * until they move here. */
 static int fd_pool_threads(int n_threads)
 {
-    return n_threads > 1 && fd_pool_now_ns() < fd_pool_solo_until ? 1 : n_threads;
+    (void)n_threads;
+    return 1;
 }
 
 /* fn(ctx, i, slot) for 0 <= i < n_items, on up to n_threads threads (the caller one) */
@@ -207,6 +218,7 @@ static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *c
         pthread_cond_broadcast(&fd_pool.cv);
         pthread_mutex_unlock(&fd_pool.mu);
     }
+    atomic_fetch_add(&fd_pool_jobs, 1);
     fd_pool_take(fn, ctx, n_items, 0);
     /* only items a worker has taken are left: wait for those, then for workers still
      * reading the job's fields */
@@ -221,7 +233,12 @@ static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *c
         int64_t end = fd_pool_now_ns(), waited = end - own;
         /* waiting longer than the job itself ran (and long in absolute terms) means a
          * worker lost its core mid-item: go solo for a while, longer each time */
-        if (waited > 200000 && waited > own - start) {
+        if (fd_pool_backoff < 0) {
+            const char *e = getenv("FRAMEDELTA_POOL_BACKOFF");
+            fd_pool_backoff = !(e && e[0] == '0');
+        }
+        if (fd_pool_backoff && waited > 200000 && waited > own - start) {
+            fd_pool_backoffs++;
             fd_pool_solo_until = end + fd_pool_solo_ns;
             if (fd_pool_solo_ns < 256000000)
                 fd_pool_solo_ns *= 2;
