@@ -61,6 +61,16 @@ def trained_engines(name, n_threads, tmp, size=None):
     return fd.load(path, n_threads=n_threads), sess, lambda frame: frame_input(name, frame)
 
 
+# zoo models that need another input size than the benchmark's (YOLOv8's neck concatenates
+# maps of stride 8, 16 and 32: the size must be a multiple of 32)
+ZOO_SIZES = {"yolov8n": (352, 480)}
+
+
+def zoo_size(name, h, w):
+    """(h, w) at which to run zoo model ``name`` for a benchmark at (h, w)."""
+    return ZOO_SIZES.get(name, (h, w))
+
+
 def zoo_model(name, h, w):
     """``ZOO[name]`` for (h, w) inputs: the detector's decoding grids are constants of
     the input size, so it is built for it."""

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (MODELS, PROTOCOLS, ROOT, TRAINED_MODELS, as_outputs,  # noqa: E402
                     geomean, machine_facts, measure, median_ms, onnxruntime_session,
-                    replace_section, trained_engines, write_json, zoo_model)
+                    replace_section, trained_engines, write_json, zoo_model, zoo_size)
 
 ALL_MODELS = MODELS + list(TRAINED_MODELS)
 
@@ -42,6 +42,7 @@ def zoo_engines(name, shape, n_threads, tmp):
     import torch
 
     import framedelta as fd
+    shape = shape[:2] + zoo_size(name, *shape[2:])
     net = zoo_model(name, *shape[2:])
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     path = Path(tmp) / f"{name}.h5"
@@ -141,13 +142,20 @@ def main(argv=None):
     shape = tuple(int(v) for v in args.shape.split(","))
 
     import torch
-    results = []
+    results, failed = [], []
+    facts = machine_facts(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for nt in args.threads:
             torch.set_num_threads(nt)
             for name in args.models:
-                engines = (onnx_engines(name, nt, tmp) if name in TRAINED_MODELS
-                           else zoo_engines(name, shape, nt, tmp))
+                try:
+                    engines = (onnx_engines(name, nt, tmp) if name in TRAINED_MODELS
+                               else zoo_engines(name, shape, nt, tmp))
+                except Exception as e:       # one model that fails never stops the run
+                    print(f"{name} ({nt} threads) left out: {type(e).__name__}: {e}",
+                          file=sys.stderr, flush=True)
+                    failed.append({"model": name, "threads": nt, "error": str(e)})
+                    continue
                 if engines is None:
                     continue
                 r = {"model": name, "threads": nt, "protocols": {}}
@@ -166,12 +174,13 @@ def main(argv=None):
                     r["slowdown"] = {k: c["median_ms"][k] / a["median_ms"][k]
                                      for k in ("framedelta", "onnxruntime")}
                 results.append(r)
+                write_json("dense", {"benchmark": "dense", "machine": facts, "partial": True,
+                                     "results": results, "failed": failed})
                 print(f"{name} ({nt} threads): " + "; ".join(
                     f"{k} {v['median_ms']['framedelta']:.1f} / {v['median_ms']['onnxruntime']:.1f}"
                     f" ms = {v['ratio']:.2f}" for k, v in r["protocols"].items()), flush=True)
-    facts = machine_facts(args.threads)
     out = write_json("dense", {"benchmark": "dense", "machine": facts, "results": results,
-                               "protocols": args.protocols})
+                               "failed": failed, "protocols": args.protocols})
     text = table(results, args.threads, args.protocols)
     print(text)
     print(f"wrote {out}")
@@ -180,7 +189,8 @@ def main(argv=None):
                                                          else sys.argv[1:]))
         note = (f"Measured with `{cmd}` on {facts['cpu_model']}, commit "
                 f"{(facts['git_commit'] or '?')[:10]}; zoo models at {args.shape} (random "
-                "weights), trained models at their own size. Medians; ratio = framedelta / "
+                "weights; YOLOv8n at 352x480, a multiple of its stride 32), trained models "
+                "at their own size (352x480). Medians; ratio = framedelta / "
                 f"onnxruntime. alone: {args.rounds} blocks of {args.block} calls per engine, "
                 "0.3 s apart; interleaved: one call each per round; contended: alone beside "
                 "a process busy-looping on one core (slowdown = contended / alone); load: "
