@@ -30,3 +30,13 @@ def backoffs():
 def counts():
     """(jobs, items run by the caller, items run by workers) so far in this process."""
     return fd_pool_jobs, fd_pool_items, fd_pool_worker_items
+
+
+cdef extern from "pool.h" nogil:
+    void fd_pool_wake(int n_threads, long ns)
+
+
+def wake(int n_threads, double seconds=0.005):
+    """A pass is about to start: wake the pool's workers and keep them spinning for
+    ``seconds`` (they would otherwise wake in its first kernels, late)."""
+    fd_pool_wake(n_threads, <long>(seconds * 1e9))

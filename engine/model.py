@@ -13,7 +13,7 @@ import numpy as np
 from framedelta.formats.graph import check_graph
 from framedelta.formats.ops import OPS, resolve_attrs
 
-from . import _kernels, _layout, _masks
+from . import _kernels, _layout, _masks, _pool
 from .layout import internal_shape, is_image, to_internal, to_torch
 from .receptive import node_rule
 from .registry import RECEPTIVE_RULES, REGISTRY
@@ -204,8 +204,9 @@ class Model:
 
         Returns the output array in torch layout, or a tuple when the model has several.
         """
-        xi = self.to_engine_input(x)
         nt = self.n_threads if n_threads is None else effective_n_threads(n_threads)
+        _pool.wake(nt)          # the workers run by the first kernel, not woken by it
+        xi = self.to_engine_input(x)
         with self._lock:
             env = {self.graph.input.name: xi}
             for node, run, out in self._steps:

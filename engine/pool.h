@@ -92,6 +92,7 @@ static inline int64_t fd_pool_now_ns(void)
 
 /* take and run items until none is left */
 static atomic_long fd_pool_worker_items, fd_pool_items, fd_pool_jobs;
+static atomic_llong fd_pool_awake_until;   /* ns: workers keep spinning until then */
 
 static inline void fd_pool_take(fd_task_fn fn, void *ctx, ptrdiff_t n, int slot)
 {
@@ -118,7 +119,8 @@ static void *fd_pool_worker(void *arg)
                 fd_pool_relax();
             else
                 sched_yield();
-            if (spins % 64 == 0 && fd_pool_now_ns() - t0 > FD_POOL_SPIN_NS) {
+            if (spins % 64 == 0 && fd_pool_now_ns() - t0 > FD_POOL_SPIN_NS
+                && fd_pool_now_ns() > atomic_load(&fd_pool_awake_until)) {
                 pthread_mutex_lock(&fd_pool.mu);
                 atomic_fetch_add(&fd_pool.sleepers, 1);
                 while ((g = atomic_load(&fd_pool.gen)) == seen)
@@ -181,6 +183,30 @@ static int fd_pool_threads(int n_threads)
 {
     (void)n_threads;
     return 1;
+}
+
+/* A pass is about to start (a step after a camera's pause): wake the sleeping workers
+ * now and keep them spinning for ``ns``, so that they are running when its first kernel
+ * comes, instead of paying a wake-up (tens to hundreds of microseconds in a VM) in each
+ * of its first jobs while the caller works alone. */
+static void fd_pool_wake(int n_threads, long ns)
+{
+    if (n_threads <= 1 || atomic_load(&fd_pool.busy))
+        return;
+    atomic_store(&fd_pool_awake_until, fd_pool_now_ns() + ns);
+    if (fd_pool.pid != getpid() || fd_pool.n_workers < n_threads - 1) {
+        if (atomic_exchange(&fd_pool.busy, 1))
+            return;
+        fd_pool_start(n_threads);
+        atomic_store(&fd_pool.busy, 0);
+    }
+    if (atomic_load(&fd_pool.sleepers) > 0) {
+        /* a new generation with no job: sleepers wake, find it closed, and spin */
+        pthread_mutex_lock(&fd_pool.mu);
+        atomic_fetch_add(&fd_pool.gen, 1);
+        pthread_cond_broadcast(&fd_pool.cv);
+        pthread_mutex_unlock(&fd_pool.mu);
+    }
 }
 
 /* fn(ctx, i, slot) for 0 <= i < n_items, on up to n_threads threads (the caller one) */

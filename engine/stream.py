@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _masks as I
+from . import _pool
 from .approx import LayerThresholds, calibrate
 from .checks import check_positive_or_none, deviation
 from .detect import Reference
@@ -117,6 +118,7 @@ class CameraStream:
         the stream as it was. Calls from several threads run one after the other.
         """
         with self._step_lock:
+            _pool.wake(self.n_threads)     # the workers run by the step's first kernel
             return self._step(x)
 
     @property
