@@ -52,16 +52,23 @@ def max_abs_diff_f32(const float[:, :, ::1] x, const float[:, :, ::1] ref,
             out[y, i] = m
 
 
+cdef bint _planes_fit(const float[:, :, ::1] x, const float[:, :, ::1] ref, Py_ssize_t mh,
+                      Py_ssize_t mw, str name) except -1:
+    """x (C, H, W), ref (H, W, C) and a (H, W) map agree (ValueError naming the kernel
+    otherwise); False when there is nothing to do."""
+    cdef Py_ssize_t C = x.shape[0], H = x.shape[1], W = x.shape[2]
+    if ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C or mh != H or mw != W:
+        raise ValueError(f"{name}: inconsistent shapes")
+    return H > 0 and W > 0 and C > 0
+
+
 def max_abs_diff_f32_planes(const float[:, :, ::1] x, const float[:, :, ::1] ref,
                             float[:, ::1] out, int n_threads):
     """max_abs_diff_f32 with ``x`` in torch layout: x (C, H, W), ref (H, W, C), out (H, W).
 
     The same values: each is the max of the same |differences| (NaN: NaN)."""
     cdef int C = x.shape[0], H = x.shape[1], W = x.shape[2], y
-    if ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C \
-            or out.shape[0] != H or out.shape[1] != W:
-        raise ValueError("max_abs_diff_f32_planes: inconsistent shapes")
-    if H == 0 or W == 0 or C == 0:
+    if not _planes_fit(x, ref, out.shape[0], out.shape[1], "max_abs_diff_f32_planes"):
         return
     cdef long plane = <long>H * W
     for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
@@ -72,10 +79,7 @@ def take_changed_f32_planes(const float[:, :, ::1] x, float[:, :, ::1] ref,
                             const u8[:, ::1] mask, int n_threads):
     """Where mask is set, ref (H, W, C) takes x's (C, H, W) channels."""
     cdef int C = x.shape[0], H = x.shape[1], W = x.shape[2], y
-    if ref.shape[0] != H or ref.shape[1] != W or ref.shape[2] != C \
-            or mask.shape[0] != H or mask.shape[1] != W:
-        raise ValueError("take_changed_f32_planes: inconsistent shapes")
-    if H == 0 or W == 0 or C == 0:
+    if not _planes_fit(x, ref, mask.shape[0], mask.shape[1], "take_changed_f32_planes"):
         return
     cdef long plane = <long>H * W
     for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):

@@ -175,23 +175,24 @@ static inline void fd_dw_span(const float *x, int H, int W, int C, const float *
     int ox = ox0;
     /* pixels outermost, channels inside: x and out are read and written in order */
     while (ox < ox1) {
-        int n = 1;
-        if (ox >= xi_lo && ox + FD_DW_PX <= xi_hi && ox + FD_DW_PX <= ox1) {
-            n = FD_DW_PX;
-            for (int c0 = 0; c0 < cv; c0 += FD_DW_L)
-                fd_dw_block(x, H, W, C, w, bias, orow, oy, ox, c0, FD_DW_L, kh, kw, sh, sw,
-                            pt, pl, dh, dw, act, lo, hi);
-            if (cv < C)
-                fd_dw_block(x, H, W, C, w, bias, orow, oy, ox, cv, C - cv, kh, kw, sh, sw,
-                            pt, pl, dh, dw, act, lo, hi);
-        } else {
-            for (int c0 = 0; c0 < cv; c0 += FD_DW_L)
-                fd_dw_pixel(x, H, W, C, w, bias, orow, oy, ox, c0, FD_DW_L, kh, kw, sh, sw,
-                            pt, pl, dh, dw, act, lo, hi);
-            if (cv < C)
-                fd_dw_pixel(x, H, W, C, w, bias, orow, oy, ox, cv, C - cv, kh, kw, sh, sw,
-                            pt, pl, dh, dw, act, lo, hi);
-        }
+        /* a register block of PX interior pixels, or one pixel with its taps checked;
+         * whole channel vectors (nc a constant: the specialised code), then the rest */
+        const int block = ox >= xi_lo && ox + FD_DW_PX <= xi_hi && ox + FD_DW_PX <= ox1;
+        const int n = block ? FD_DW_PX : 1;
+#define FD_DW_CHANNELS(c0, nc)                                                           \
+    do {                                                                                 \
+        if (block)                                                                       \
+            fd_dw_block(x, H, W, C, w, bias, orow, oy, ox, c0, nc, kh, kw, sh, sw, pt,  \
+                        pl, dh, dw, act, lo, hi);                                       \
+        else                                                                             \
+            fd_dw_pixel(x, H, W, C, w, bias, orow, oy, ox, c0, nc, kh, kw, sh, sw, pt,  \
+                        pl, dh, dw, act, lo, hi);                                       \
+    } while (0)
+        for (int c0 = 0; c0 < cv; c0 += FD_DW_L)
+            FD_DW_CHANNELS(c0, FD_DW_L);
+        if (cv < C)
+            FD_DW_CHANNELS(cv, C - cv);
+#undef FD_DW_CHANNELS
         if (act > FD_ACT_CLAMP)   /* n pixels x C channels, contiguous, still in L1 */
             fd_act_row(orow + (size_t)ox * C, n * C, act, lo, hi);
         ox += n;
