@@ -143,9 +143,25 @@ static void *fd_pool_worker(void *arg)
 
 /* workers 1 .. n - 1 exist (started on first use, again after a fork); 0 on failure,
  * and the caller then runs alone */
+/* In a forked child only the forking thread exists: no workers, and a job, the mutex or
+ * the condition variable may have been caught mid-use by the fork. Start afresh. */
+static void fd_pool_after_fork_child(void)
+{
+    pthread_mutex_init(&fd_pool.mu, NULL);
+    pthread_cond_init(&fd_pool.cv, NULL);
+    atomic_store(&fd_pool.busy, 0);
+    atomic_store(&fd_pool.open, 0);
+    atomic_store(&fd_pool.inside, 0);
+    atomic_store(&fd_pool.sleepers, 0);
+    fd_pool.n_workers = 0;
+    fd_pool.pid = getpid();
+}
+
 static int fd_pool_start(int n)
 {
     pid_t pid = getpid();
+    if (fd_pool.pid == 0)         /* first use */
+        pthread_atfork(NULL, NULL, fd_pool_after_fork_child);
     if (fd_pool.pid != pid) {     /* first use, or a forked child: no workers here */
         fd_pool.pid = pid;
         fd_pool.n_workers = 0;
