@@ -4,15 +4,6 @@ Importing it checks that the compiled kernels exist, and says how to build them
 when they do not (as scikit-learn's __check_build does).
 """
 
-import os
-
-# The kernels that still open OpenMP regions are short; libgomp's threads spin about a
-# millisecond after each by default, on the core our pool's worker needs next
-# (engine/pool.h). libgomp reads this once, when our kernels load it; a user's own
-# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "20000"
-
 try:
     from . import _kernels  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised by a subprocess test
