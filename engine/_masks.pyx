@@ -11,7 +11,6 @@ cimport cython
 from cython.parallel cimport prange
 
 include "_pool_api.pxi"
-from libc.math cimport fabsf
 from libc.string cimport memcpy, memset
 
 import numpy as np
@@ -30,28 +29,6 @@ cdef extern from "detect.h" nogil:
 
 # --- change detection ------------------------------------------------------------
 
-def max_abs_diff_f32(const float[:, :, ::1] x, const float[:, :, ::1] ref,
-                     float[:, ::1] out, int n_threads):
-    """out[y, x] = max over channels |x - ref|; NaN anywhere gives NaN (= changed).
-
-    x, ref  in   (H, W, C) float32
-    out     out  (H, W)
-    """
-    cdef int H = x.shape[0], W = x.shape[1], C = x.shape[2]
-    cdef int y, i, c
-    cdef float m, d
-    for y in prange(H, nogil=True, num_threads=pool_threads(n_threads), schedule="static"):
-        for i in range(W):
-            m = 0.0
-            for c in range(C):
-                d = fabsf(x[y, i, c] - ref[y, i, c])
-                if d > m or d != d:
-                    m = d
-                    if d != d:
-                        break
-            out[y, i] = m
-
-
 cdef bint _planes_fit(const float[:, :, ::1] x, const float[:, :, ::1] ref, Py_ssize_t mh,
                       Py_ssize_t mw, str name) except -1:
     """x (C, H, W), ref (H, W, C) and a (H, W) map agree (ValueError naming the kernel
@@ -64,9 +41,8 @@ cdef bint _planes_fit(const float[:, :, ::1] x, const float[:, :, ::1] ref, Py_s
 
 def max_abs_diff_f32_planes(const float[:, :, ::1] x, const float[:, :, ::1] ref,
                             float[:, ::1] out, int n_threads):
-    """max_abs_diff_f32 with ``x`` in torch layout: x (C, H, W), ref (H, W, C), out (H, W).
-
-    The same values: each is the max of the same |differences| (NaN: NaN)."""
+    """out[y, x] = max over channels |x - ref|, with ``x`` in torch layout: x (C, H, W),
+    ref (H, W, C), out (H, W); NaN anywhere gives NaN (= changed)."""
     cdef int C = x.shape[0], H = x.shape[1], W = x.shape[2], y
     if not _planes_fit(x, ref, out.shape[0], out.shape[1], "max_abs_diff_f32_planes"):
         return

@@ -1,8 +1,8 @@
 # The shared thread pool (engine/pool.h), for a kernel module that includes this file:
 # pool_run(n_threads, n_items, fn, ctx) calls fn(ctx, i, slot) for every item i, on up to
 # n_threads threads, never waiting for a thread that has not started; pool_threads(n) is
-# the thread count for the kernels that still open an OpenMP region (1 while the pool
-# backs off from a taken core).
+# the thread count for the kernels that still open an OpenMP region (one: see
+# fd_pool_threads in pool.h).
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 

@@ -90,18 +90,20 @@ static inline int64_t fd_pool_now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* take and run items until none is left */
-static atomic_long fd_pool_worker_items, fd_pool_items, fd_pool_jobs;
+/* statistics of the jobs run on several threads, written by the caller holding busy */
+static long fd_pool_worker_items, fd_pool_items, fd_pool_jobs;
 static atomic_llong fd_pool_awake_until;   /* ns: workers keep spinning until then */
 
-static inline void fd_pool_take(fd_task_fn fn, void *ctx, ptrdiff_t n, int slot)
+/* take and run items until none is left; returns how many this thread ran */
+static inline ptrdiff_t fd_pool_take(fd_task_fn fn, void *ctx, ptrdiff_t n, int slot)
 {
-    ptrdiff_t i;
+    ptrdiff_t i, ran = 0;
     while ((i = (ptrdiff_t)atomic_fetch_add(&fd_pool.next, 1)) < n) {
         fn(ctx, i, slot);
         atomic_fetch_add(&fd_pool.done, 1);
-        atomic_fetch_add(slot ? &fd_pool_worker_items : &fd_pool_items, 1);
+        ran++;
     }
+    return ran;
 }
 
 static void *fd_pool_worker(void *arg)
@@ -141,8 +143,6 @@ static void *fd_pool_worker(void *arg)
     return NULL;
 }
 
-/* workers 1 .. n - 1 exist (started on first use, again after a fork); 0 on failure,
- * and the caller then runs alone */
 /* In a forked child only the forking thread exists: no workers, and a job, the mutex or
  * the condition variable may have been caught mid-use by the fork. Start afresh. */
 static void fd_pool_after_fork_child(void)
@@ -157,6 +157,8 @@ static void fd_pool_after_fork_child(void)
     fd_pool.pid = getpid();
 }
 
+/* workers 1 .. n - 1 exist (started on first use, again after a fork); returns the
+ * threads there are, the caller included (fewer when a thread cannot be started) */
 static int fd_pool_start(int n)
 {
     pid_t pid = getpid();
@@ -232,16 +234,15 @@ static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *c
         return;
     if (n_threads > FD_POOL_MAX)
         n_threads = FD_POOL_MAX;
-    if (n_threads <= 1 || n_items == 1 || atomic_exchange(&fd_pool.busy, 1)) {
+    int64_t start = 0;
+    /* alone: one thread or item, the pool busy (another Python thread, a nested call),
+     * or backing off */
+    const int owned = n_threads > 1 && n_items > 1 && !atomic_exchange(&fd_pool.busy, 1);
+    if (!owned || (start = fd_pool_now_ns()) < fd_pool_solo_until) {
         for (ptrdiff_t i = 0; i < n_items; i++)
             fn(ctx, i, 0);
-        return;
-    }
-    int64_t start = fd_pool_now_ns();
-    if (start < fd_pool_solo_until) {
-        for (ptrdiff_t i = 0; i < n_items; i++)
-            fn(ctx, i, 0);
-        atomic_store(&fd_pool.busy, 0);
+        if (owned)
+            atomic_store(&fd_pool.busy, 0);
         return;
     }
     int have = fd_pool_start(n_threads);
@@ -260,8 +261,10 @@ static void fd_pool_run(int n_threads, ptrdiff_t n_items, fd_task_fn fn, void *c
         pthread_cond_broadcast(&fd_pool.cv);
         pthread_mutex_unlock(&fd_pool.mu);
     }
-    atomic_fetch_add(&fd_pool_jobs, 1);
-    fd_pool_take(fn, ctx, n_items, 0);
+    ptrdiff_t own_items = fd_pool_take(fn, ctx, n_items, 0);
+    fd_pool_jobs++;
+    fd_pool_items += own_items;
+    fd_pool_worker_items += n_items - own_items;
     /* only items a worker has taken are left: wait for those, then for workers still
      * reading the job's fields */
     int64_t own = 0;
